@@ -1,0 +1,60 @@
+"""gunicorn settings and hooks for the HVS Prediction API: the image's CMD and `make serve` use this file.
+
+Environment: HOST (0.0.0.0), PORT (5001), WORKERS (one per available CPU), INFERENCE_THREADS (1),
+PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds).
+"""
+
+import logging
+import os
+import shutil
+
+# The app's own log lines (which model is served, or why none is) go to stderr beside gunicorn's.
+logging.basicConfig(
+    level=os.environ.get("LOG_LEVEL", "info").upper(),
+    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+)
+
+# OpenMP and BLAS read their thread counts once, when the model's libraries load, so they are
+# set here, before the app is imported. Several workers each starting one thread per core
+# oversubscribe the CPUs: a prototype on 2 cores served 80 times fewer requests that way.
+_threads = os.environ.get("INFERENCE_THREADS", "1")
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = _threads
+
+# prometheus_client decides at import time whether to share values through files, so the
+# directory is set before the app (and prometheus_client) is imported. Dead workers' counter
+# files stay there, which keeps counts exact after a worker dies, but also means a directory
+# left over from an earlier server would add its counts to ours: it is emptied when a new
+# server starts. gunicorn re-reads this file on SIGHUP, in the same master process, and must
+# not empty the directory then: the master's pid marks that it has already done so.
+_metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/hvs-api-metrics")
+if os.environ.get("HVS_METRICS_DIR_OWNER") != str(os.getpid()):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+    os.environ["HVS_METRICS_DIR_OWNER"] = str(os.getpid())
+
+wsgi_app = "hvs_api:create_app()"
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
+# The model is CPU-bound: one synchronous worker per available core.
+workers = int(os.environ.get("WORKERS") or len(os.sched_getaffinity(0)))
+worker_class = "sync"
+# The app, MLflow and the model are loaded once in the master and shared with the workers
+# (copy-on-write), so a worker that dies is replaced in milliseconds, not seconds.
+preload_app = True
+timeout = int(os.environ.get("TIMEOUT", "30"))
+# SIGTERM lets in-flight requests finish for this long before workers are killed.
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in ("1", "true", "yes", "on") else None
+errorlog = "-"
+# gunicorn's control socket would be written under $HOME, which is read-only in the container
+# and unused by the lab.
+control_socket_disable = True
+loglevel = os.environ.get("LOG_LEVEL", "info")
+
+
+def child_exit(server, worker):
+    """Drop the exited worker's live-gauge files so it no longer shows on /metrics."""
+    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)

@@ -1,0 +1,95 @@
+"""HVS Prediction API: a Flask app factory serving the hazard classifier with Prometheus metrics."""
+
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from hvs_api import model as model_loading
+from hvs_api.metrics import ApiMetrics
+from hvs_api.state import ModelState
+
+log = logging.getLogger(__name__)
+
+try:
+    APP_VERSION = version("hvs-api")
+except PackageNotFoundError:  # Run from a source tree that was never installed.
+    APP_VERSION = "0+unknown"
+
+DEFAULTS = {
+    # Bodies above 1 MiB are refused with 413: a full 1,000-record batch is about 120 KiB.
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "MAX_BATCH_RECORDS": 1000,
+    "METRICS_ENABLED": True,
+    "APP_VERSION": APP_VERSION,
+}
+
+
+def _config_from_env(env: dict) -> dict:
+    config = {}
+    if "MAX_BODY_BYTES" in env:
+        config["MAX_CONTENT_LENGTH"] = int(env["MAX_BODY_BYTES"])
+    if "MAX_BATCH_RECORDS" in env:
+        config["MAX_BATCH_RECORDS"] = int(env["MAX_BATCH_RECORDS"])
+    if "METRICS_ENABLED" in env:
+        config["METRICS_ENABLED"] = env["METRICS_ENABLED"].strip().lower() not in ("0", "false", "no", "off")
+    config["MODEL_URI"] = model_loading.model_uri_from_env(env)
+    return config
+
+
+def _load_model(uri: str) -> ModelState:
+    try:
+        loaded = model_loading.load(uri)
+    except model_loading.ModelUnavailable as exc:
+        log.error("no model loaded, /predict answers 503 and /ready is not ready: %s", exc)
+        return ModelState(None, str(exc))
+    log.info("serving model %s version %s (run %s) from %s", loaded.name, loaded.version, loaded.run_id, uri)
+    return ModelState(loaded)
+
+
+def _json_error(error: HTTPException):
+    name = (error.name or "error").lower().replace(" ", "_")
+    return jsonify({"error": name, "message": error.description}), error.code
+
+
+def _internal_error(error: Exception):
+    # The client gets no stack trace; the log has it.
+    log.exception("unhandled error", exc_info=error)
+    return jsonify({"error": "internal_error", "message": "the server failed to handle the request"}), 500
+
+
+def _security_headers(response):
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then ``test_config``.
+
+    ``test_config`` may hold ``MODEL`` (a ``LoadedModel`` or None) to skip loading from MLflow.
+    """
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping(_config_from_env(dict(os.environ)))
+    if test_config:
+        app.config.from_mapping(test_config)
+
+    from hvs_api.routes import bp
+
+    app.register_blueprint(bp)
+    app.register_error_handler(HTTPException, _json_error)
+    app.register_error_handler(Exception, _internal_error)
+    app.after_request(_security_headers)
+
+    metrics = ApiMetrics(app, app.config["APP_VERSION"], enabled=app.config["METRICS_ENABLED"])
+    if "MODEL" in app.config:
+        state = ModelState(app.config["MODEL"], "" if app.config["MODEL"] else "no model given")
+    else:
+        state = _load_model(app.config["MODEL_URI"])
+    metrics.model_changed(state.model)
+    app.extensions["hvs_model"] = state
+    app.extensions["hvs_metrics"] = metrics
+    return app

@@ -1,0 +1,158 @@
+"""Every metric the API exposes on ``/metrics``; the only module that creates metric objects.
+
+Under gunicorn the ``PROMETHEUS_MULTIPROC_DIR`` variable is set (by gunicorn.conf.py, before
+``prometheus_client`` is first imported), each worker writes its values to files there and
+``/metrics`` adds them up, so counts are exact across workers and survive a worker's death.
+Without it (the Flask test client, a single process) an ordinary registry is used.
+
+The default HTTP metrics come from prometheus-flask-exporter. The user's queries select
+``flask_http_request_total{endpoint="/predict"}``, but the exporter gives its request
+counter no grouping label, and its ``endpoint`` grouping is the Flask view name. So the
+route template (``/predict``, never the raw path) is added to every default metric as the
+``endpoint`` label, and the duration histogram's own grouping label, which the exporter
+always adds, is the Flask view name as ``handler``. Both are bounded by the app's routes;
+anything that matches no route is ``endpoint="unmatched"``.
+"""
+
+import os
+
+from flask import Flask, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+from hvs_api.features import LABELS
+from hvs_api.model import LoadedModel
+from hvs_api.schema import INVALID_REASONS
+
+UNMATCHED = "unmatched"
+
+# Model calls take from a tenth of a millisecond (one record, a small tree ensemble)
+# to about a second (a 1,000-record batch on a large model).
+INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Whole requests add parsing and the HTTP stack on top of inference.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def multiprocess_mode() -> bool:
+    """True when metrics are shared through files across gunicorn workers."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def endpoint() -> str:
+    """The route template of the current request, or ``unmatched``."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED
+
+
+def handler(req) -> str:
+    """The Flask view that served the request, or ``unmatched``."""
+    return req.endpoint or UNMATCHED
+
+
+class ApiMetrics:
+    """The exporter and the custom metrics of one app."""
+
+    def __init__(self, app: Flask, app_version: str, enabled: bool = True):
+        # A registry per app keeps apps built by tests apart; in multiprocess mode the
+        # exporter reads the workers' files at scrape time instead.
+        self.registry = CollectorRegistry()
+        exporter_class = GunicornInternalPrometheusMetrics if multiprocess_mode() else PrometheusMetrics
+        self.exporter = exporter_class(
+            app=None,
+            registry=self.registry,
+            group_by=handler,
+            default_labels={"endpoint": endpoint},
+            buckets=REQUEST_BUCKETS,
+            export_defaults=enabled,
+        )
+        self.exporter.init_app(app)
+        self.exporter.info("app_info", "HVS Prediction API Information", version=app_version)
+
+        registry = self.registry
+        self.prediction_outcomes = Counter(
+            "hvs_api_prediction_outcomes_total",
+            "Total number of hazard predictions made by the API, one per record",
+            ["predicted_label_text"],
+            registry=registry,
+        )
+        self.invalid_requests = Counter(
+            "hvs_api_invalid_requests_total",
+            "Prediction requests refused with a 4xx, by the first problem found",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_records = Histogram(
+            "hvs_api_prediction_batch_records",
+            "Records per accepted prediction request",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.hazard_probability = Histogram(
+            "hvs_api_hazard_probability",
+            "Predicted probability of the Hazardous class, one observation per record",
+            buckets=PROBABILITY_BUCKETS,
+            registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "hvs_model_inference_duration_seconds",
+            "Time spent in the model call of one prediction request",
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        # Gauges about the model hold the same value in every live worker; "livemax"
+        # shows it once and drops the values of workers that have exited.
+        self.model_info = Gauge(
+            "hvs_model_info",
+            "The model being served (value 1), by registered name, version and training run",
+            ["model_name", "model_version", "run_id"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.model_loaded = Gauge(
+            "hvs_model_loaded",
+            "1 when a model is loaded and predictions are served, 0 otherwise",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.training_hazardous_share = Gauge(
+            "hvs_model_training_hazardous_ratio",
+            "Share of Hazardous labels in the served model's training data, the drift baseline",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+
+        # Every bounded label value exists from the start, so rates and alerts see a 0
+        # rather than no series before the first event.
+        for label in LABELS.values():
+            self.prediction_outcomes.labels(predicted_label_text=label)
+        for reason in INVALID_REASONS:
+            self.invalid_requests.labels(reason=reason)
+
+    def model_changed(self, model: LoadedModel | None) -> None:
+        """Publish which model is served (or that none is)."""
+        self.model_loaded.set(1 if model is not None else 0)
+        if model is None:
+            return
+        self.model_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
+        if model.training_hazardous_share is not None:
+            self.training_hazardous_share.set(model.training_hazardous_share)
+
+    def predictions_made(self, hazard_probability, hazardous_mask, seconds: float) -> None:
+        """Count one accepted request's predictions: one ``inc(n)`` per label, not one per record."""
+        records = len(hazard_probability)
+        hazardous = int(hazardous_mask.sum())
+        if hazardous:
+            self.prediction_outcomes.labels(predicted_label_text=LABELS[1]).inc(hazardous)
+        if records - hazardous:
+            self.prediction_outcomes.labels(predicted_label_text=LABELS[0]).inc(records - hazardous)
+        self.batch_records.observe(records)
+        self.inference_duration.observe(seconds)
+        for p in hazard_probability.tolist():
+            self.hazard_probability.observe(p)
+
+    def request_refused(self, reason: str) -> None:
+        """Count a refused prediction request by its bounded reason."""
+        self.invalid_requests.labels(reason=reason).inc()

@@ -1,0 +1,108 @@
+"""Finding and loading the hazard classifier from MLflow.
+
+The model is looked up in this order:
+
+1. ``MODEL_URI``: any MLflow model URI or a local model folder;
+2. ``BEST_MLFLOW_RUN_ID``: the model logged by that training run (``runs:/<id>/model``);
+3. ``models:/hvs-hazard-classifier@champion``: the registered champion.
+
+Serving calls the scikit-learn estimator directly with a numpy array: MLflow's pyfunc
+wrapper would build a DataFrame per request and cost about three times the model call.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from hvs_api import store
+from hvs_api.features import FEATURE_NAMES
+from hvs_api.store import BASELINE_METRIC, CHAMPION_ALIAS, MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+TRAIN_HINT = "Train one with `make train` (or `docker compose run --rm trainer`), then restart or reload the API."
+
+
+class ModelUnavailable(Exception):
+    """No usable model could be loaded; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded classifier and where it came from."""
+
+    estimator: object
+    uri: str
+    name: str
+    version: str
+    run_id: str
+    # Hazardous share of the training data, the baseline for the drift alert (None if unknown).
+    training_hazardous_share: float | None
+
+    def hazard_probability(self, x: np.ndarray) -> np.ndarray:
+        """Probability of the Hazardous class for each row of ``x`` (columns in ``FEATURE_NAMES`` order)."""
+        return self.estimator.predict_proba(x)[:, 1]
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the model, as ``/health`` and ``/ready`` show it."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "uri": self.uri,
+            "training_hazardous_share": self.training_hazardous_share,
+        }
+
+
+def model_uri_from_env(env: dict) -> str:
+    """Apply the documented lookup order to the given environment."""
+    if env.get("MODEL_URI"):
+        return env["MODEL_URI"]
+    if env.get("BEST_MLFLOW_RUN_ID"):
+        return f"runs:/{env['BEST_MLFLOW_RUN_ID']}/model"
+    return f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+
+
+def _registry_identity(client, uri: str, run_id: str) -> tuple[str, str]:
+    """Return ``(name, version)`` from the registry, or a placeholder version when unregistered."""
+    if uri.startswith("models:/") and not uri.startswith("models:/m-"):
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        if ref:
+            return name, client.get_model_version_by_alias(name, ref).version
+        name, _, version = uri.removeprefix("models:/").partition("/")
+        return name, version
+    if run_id:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+        if versions:
+            newest = max(versions, key=lambda v: int(v.version))
+            return newest.name, newest.version
+    return MODEL_NAME, "unregistered"
+
+
+def load(uri: str) -> LoadedModel:
+    """Load the model at ``uri`` and its registry metadata, or raise ``ModelUnavailable``."""
+    import mlflow
+    import mlflow.sklearn
+
+    client = store.client()
+    try:
+        info = mlflow.models.get_model_info(uri)
+        estimator = mlflow.sklearn.load_model(uri)
+        run_id = info.run_id or ""
+        name, version = _registry_identity(client, uri, run_id)
+        baseline = client.get_run(run_id).data.metrics.get(BASELINE_METRIC) if run_id else None
+    # Loading runs code from MLflow, skops and the store: whatever fails, the API must stay up
+    # and say why, so every error becomes ModelUnavailable.
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"could not load model {uri!r} from {store.tracking_uri()}: {exc}. {TRAIN_HINT}"
+        ) from exc
+
+    n_features = getattr(estimator, "n_features_in_", None)
+    if not hasattr(estimator, "predict_proba") or n_features != len(FEATURE_NAMES):
+        raise ModelUnavailable(
+            f"model {uri!r} is not a classifier over the {len(FEATURE_NAMES)} features {', '.join(FEATURE_NAMES)} "
+            f"(it takes {n_features} inputs). {TRAIN_HINT}"
+        )
+    return LoadedModel(estimator, uri, name, str(version), run_id, baseline)

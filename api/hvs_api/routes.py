@@ -1,0 +1,107 @@
+"""The API's HTTP endpoints: predictions, liveness, readiness and the OpenAPI description."""
+
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from hvs_api import openapi, schema
+from hvs_api.features import LABELS
+from hvs_api.state import api_metrics, model_state
+
+bp = Blueprint("api", __name__)
+
+
+def _refused(error: schema.RequestError):
+    api_metrics().request_refused(error.reason)
+    return jsonify(error.as_dict()), error.status
+
+
+@bp.post("/predict")
+def predict():
+    """Predict one record (``{"prediction": ...}``) or a batch (``{"predictions": [...]}``)."""
+    model = model_state().model
+    if model is None:
+        return jsonify({"error": "model_not_loaded", "message": model_state().error}), 503
+    try:
+        if request.mimetype != "application/json":
+            raise schema.refuse(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
+            )
+        try:
+            raw = request.get_data(cache=False)
+        except RequestEntityTooLarge as exc:
+            limit = current_app.config["MAX_CONTENT_LENGTH"]
+            raise schema.refuse(413, "body_too_large", f"the body is larger than {limit} bytes") from exc
+        features = schema.validate(schema.parse_json(raw), current_app.config["MAX_BATCH_RECORDS"])
+    except schema.RequestError as error:
+        return _refused(error)
+
+    start = time.perf_counter()
+    probability = model.hazard_probability(features.matrix)
+    elapsed = time.perf_counter() - start
+    # Hazardous exactly where predict() would say so: the larger of the two class probabilities.
+    hazardous = probability > 0.5
+    api_metrics().predictions_made(probability, hazardous, elapsed)
+
+    predictions = [
+        {
+            "label": LABELS[int(h)],
+            "label_id": int(h),
+            "hazard_probability": round(p, 6),
+            "model_version": model.version,
+        }
+        for p, h in zip(probability.tolist(), hazardous.tolist(), strict=True)
+    ]
+    body = {"predictions": predictions} if features.is_batch else {"prediction": predictions[0]}
+    body["model"] = {"name": model.name, "version": model.version, "run_id": model.run_id}
+    return jsonify(body)
+
+
+@bp.get("/health")
+def health():
+    """Liveness: always 200 while the process serves, with the model's identity when one is loaded."""
+    state = model_state()
+    return jsonify(
+        {
+            "status": "ok",
+            "ready": state.model is not None,
+            "version": current_app.config["APP_VERSION"],
+            "model": state.model.describe() if state.model else None,
+        }
+    )
+
+
+@bp.get("/ready")
+def ready():
+    """Readiness: 200 once a model is loaded, 503 with the reason before."""
+    state = model_state()
+    if state.model is None:
+        return jsonify({"status": "not ready", "ready": False, "model": None, "reason": state.error}), 503
+    return jsonify({"status": "ready", "ready": True, "model": state.model.describe()})
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI description of this API."""
+    config = current_app.config
+    return jsonify(openapi.build(config["APP_VERSION"], config["MAX_BATCH_RECORDS"], config["MAX_CONTENT_LENGTH"]))
+
+
+@bp.get("/")
+def index():
+    """A map of the API for someone who opens it in a browser."""
+    return jsonify(
+        {
+            "service": "HVS Prediction API",
+            "endpoints": {
+                "POST /predict": 'one record or {"records": [...]}',
+                "GET /health": "liveness and model identity",
+                "GET /ready": "readiness (a model is loaded)",
+                "GET /metrics": "Prometheus metrics",
+                "GET /openapi.json": "OpenAPI description",
+            },
+        }
+    )

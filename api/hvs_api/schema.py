@@ -1,0 +1,190 @@
+"""The ``POST /predict`` request: its two shapes, its limits, and every way it can be wrong.
+
+A request is either one record, a JSON object with every sensor field::
+
+    {"temperature_c": 54.2, "vibration_mm_s": 3.9, "pressure_kpa": 201.0, "humidity_pct": 44.0, "gas_ppm": 118.0}
+
+or a batch of records::
+
+    {"records": [{...}, {...}]}
+
+Every field is required, must be a JSON number (not a string or boolean), finite, and
+inside the range ``hvs_api.features`` gives; any other field is an error. A problem is
+reported as a ``RequestError`` with an HTTP status and one of ``INVALID_REASONS``, the
+bounded label the ``hvs_api_invalid_requests_total`` metric counts it by.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hvs_api.features import FEATURE_NAMES, FEATURES
+
+# Every reason a request can be refused for; metrics pre-initialise one series per reason.
+INVALID_REASONS: tuple[str, ...] = (
+    "unsupported_media_type",
+    "body_too_large",
+    "malformed_json",
+    "duplicate_key",
+    "invalid_shape",
+    "empty_batch",
+    "batch_too_large",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "not_finite",
+    "out_of_range",
+)
+
+# At most this many problems are listed in one error response, to keep it small.
+MAX_PROBLEMS_REPORTED = 20
+
+_RANGES = {f.name: f for f in FEATURES}
+
+
+@dataclass
+class Problem:
+    """One thing wrong with one field (or with the request as a whole when ``field`` is None)."""
+
+    reason: str
+    message: str
+    field: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"field": self.field, "reason": self.reason, "message": self.message}
+
+
+@dataclass
+class RequestError(Exception):
+    """A refused request: the status to answer with and the problems found."""
+
+    status: int
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        return self.problems[0].reason
+
+    def as_dict(self) -> dict:
+        first = self.problems[0]
+        return {
+            "error": first.reason,
+            "message": first.message,
+            "field": first.field,
+            "problems": [p.as_dict() for p in self.problems[:MAX_PROBLEMS_REPORTED]],
+        }
+
+
+def refuse(status: int, reason: str, message: str, field_name: str | None = None) -> RequestError:
+    """Build a one-problem ``RequestError``."""
+    return RequestError(status, [Problem(reason, message, field_name)])
+
+
+@dataclass(frozen=True)
+class Features:
+    """A validated request: the model's input matrix and whether it came as a batch."""
+
+    matrix: np.ndarray
+    is_batch: bool
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON; send a finite number")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise RequestError(400, [Problem("duplicate_key", f"the key {key!r} appears more than once", key)])
+        result[key] = value
+    return result
+
+
+def parse_json(raw: bytes) -> object:
+    """Decode a UTF-8 JSON body strictly: no NaN or Infinity literals, no duplicate keys."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(400, "malformed_json", f"the body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError as exc:
+        raise refuse(400, "malformed_json", "the JSON is nested too deeply") from exc
+    except ValueError as exc:
+        raise refuse(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
+
+
+def _check_record(record: object, where: str) -> list[Problem]:
+    if not isinstance(record, dict):
+        return [Problem("invalid_shape", f"{where} must be an object of sensor fields", where or None)]
+    prefix = f"{where}." if where else ""
+    problems = [
+        Problem("missing_field", f"the field {name!r} is required", prefix + name)
+        for name in FEATURE_NAMES
+        if name not in record
+    ]
+    problems += [
+        Problem(
+            "unknown_field",
+            f"the field {name!r} is not a sensor field (expected {', '.join(FEATURE_NAMES)})",
+            prefix + name,
+        )
+        for name in record
+        if name not in _RANGES
+    ]
+    for name, value in record.items():
+        feature = _RANGES.get(name)
+        if feature is None:
+            continue
+        path = prefix + name
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(Problem("wrong_type", f"{path} must be a number, got {type(value).__name__}", path))
+        elif not math.isfinite(value):
+            problems.append(Problem("not_finite", f"{path} must be finite", path))
+        elif not feature.minimum <= value <= feature.maximum:
+            problems.append(
+                Problem(
+                    "out_of_range",
+                    f"{path} = {value} is outside the accepted range {feature.minimum:g} to {feature.maximum:g} "
+                    f"{feature.unit}",
+                    path,
+                )
+            )
+    return problems
+
+
+def validate(payload: object, max_records: int) -> Features:
+    """Check a decoded request and return its input matrix, or raise ``RequestError``."""
+    if isinstance(payload, dict) and "records" in payload:
+        if len(payload) > 1:
+            extra = sorted(k for k in payload if k != "records")
+            raise refuse(422, "unknown_field", f"a batch has only the key 'records', not {extra}", extra[0])
+        records = payload["records"]
+        if not isinstance(records, list):
+            raise refuse(400, "invalid_shape", "'records' must be a list of objects", "records")
+        if not records:
+            raise refuse(422, "empty_batch", "'records' must hold at least one record", "records")
+        if len(records) > max_records:
+            raise refuse(
+                413, "batch_too_large", f"a batch holds at most {max_records} records, got {len(records)}", "records"
+            )
+        is_batch = True
+        paths = [f"records[{i}]" for i in range(len(records))]
+    elif isinstance(payload, dict):
+        records, is_batch, paths = [payload], False, [""]
+    else:
+        raise refuse(
+            400, "invalid_shape", 'the body must be a JSON object: one record, or {"records": [...]} for a batch'
+        )
+
+    problems: list[Problem] = []
+    for record, path in zip(records, paths, strict=True):
+        problems += _check_record(record, path)
+    if problems:
+        status = 400 if problems[0].reason == "invalid_shape" else 422
+        raise RequestError(status, problems)
+    matrix = np.array([[record[name] for name in FEATURE_NAMES] for record in records], dtype=np.float64)
+    return Features(matrix, is_batch)

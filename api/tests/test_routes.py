@@ -1,0 +1,177 @@
+import dataclasses
+import random
+import string
+
+import pytest
+
+from hvs_api import create_app
+from hvs_api.features import FEATURE_NAMES
+from hvs_api.schema import INVALID_REASONS
+
+
+def sample(client, name: str, **labels) -> float:
+    """The value of one series on the app's /metrics (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def series_count(client) -> int:
+    return sum(1 for line in client.get("/metrics").get_data(as_text=True).splitlines() if not line.startswith("#"))
+
+
+def test_shipped_payloads_predict_their_labels(client, payloads):
+    for label, payload in payloads.items():
+        response = client.post("/predict", json=payload)
+        assert response.status_code == 200
+        prediction = response.json["prediction"]
+        assert prediction["label"] == label
+        assert prediction["label_id"] == (1 if label == "Hazardous" else 0)
+        assert (prediction["hazard_probability"] > 0.5) == (label == "Hazardous")
+        assert prediction["model_version"] == "1"
+
+
+def test_batch_counts_every_record_once(client, payloads):
+    before = {k: sample(client, "hvs_api_prediction_outcomes_total", predicted_label_text=k) for k in payloads}
+    records = [payloads["Normal"]] * 3 + [payloads["Hazardous"]] * 2
+    response = client.post("/predict", json={"records": records})
+    assert response.status_code == 200
+    assert [p["label"] for p in response.json["predictions"]] == ["Normal"] * 3 + ["Hazardous"] * 2
+    assert sample(client, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == before["Normal"] + 3
+    assert (
+        sample(client, "hvs_api_prediction_outcomes_total", predicted_label_text="Hazardous") == before["Hazardous"] + 2
+    )
+    assert sample(client, "hvs_api_prediction_batch_records_count") == 1
+    assert sample(client, "hvs_api_prediction_batch_records_sum") == 5
+    assert sample(client, "hvs_api_hazard_probability_count") == 5
+
+
+def test_request_metrics_carry_the_route_as_endpoint(client, payloads):
+    client.post("/predict", json=payloads["Normal"])
+    assert sample(client, "flask_http_request_total", endpoint="/predict", method="POST", status="200") == 1
+    assert (
+        sample(
+            client,
+            "flask_http_request_duration_seconds_count",
+            endpoint="/predict",
+            handler="api.predict",
+            method="POST",
+            status="200",
+        )
+        == 1
+    )
+
+
+def test_metrics_show_the_model(client, champion):
+    labels = {"model_name": champion.name, "model_version": champion.version, "run_id": champion.run_id}
+    assert sample(client, "hvs_model_info", **labels) == 1
+    assert sample(client, "hvs_model_loaded") == 1
+    assert sample(client, "hvs_model_training_hazardous_ratio") == pytest.approx(champion.training_hazardous_share)
+    assert sample(client, "app_info", version="1.0.0") == 1
+
+
+def test_every_invalid_reason_starts_at_zero(client):
+    for reason in INVALID_REASONS:
+        assert f'hvs_api_invalid_requests_total{{reason="{reason}"}} 0.0' in client.get("/metrics").get_data(True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"data": "{}", "content_type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"data": "x=1", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        ({"data": "{", "content_type": "application/json"}, 400, "malformed_json"),
+        ({"data": b"\xc3\x28", "content_type": "application/json"}, 400, "malformed_json"),
+        ({"json": {"temperature_c": 1}}, 422, "missing_field"),
+        ({"json": {"records": []}}, 422, "empty_batch"),
+        ({"data": " " * (1024 * 1024 + 1), "content_type": "application/json"}, 413, "body_too_large"),
+    ],
+)
+def test_bad_requests_get_a_json_4xx_and_change_no_good_count(client, kwargs, status, reason):
+    good_before = series_good(client)
+    response = client.post("/predict", **kwargs)
+    assert response.status_code == status
+    assert response.is_json and response.json["error"] == reason and response.json["message"]
+    assert sample(client, "hvs_api_invalid_requests_total", reason=reason) == 1
+    assert series_good(client) == good_before
+
+
+def series_good(client) -> tuple[float, ...]:
+    return tuple(
+        sample(client, "hvs_api_prediction_outcomes_total", predicted_label_text=k) for k in ("Normal", "Hazardous")
+    ) + (sample(client, "hvs_model_inference_duration_seconds_count"),)
+
+
+def test_batch_limit_is_configurable(champion, payloads):
+    client = create_app({"TESTING": True, "MODEL": champion, "MAX_BATCH_RECORDS": 2}).test_client()
+    assert client.post("/predict", json={"records": [payloads["Normal"]] * 2}).status_code == 200
+    response = client.post("/predict", json={"records": [payloads["Normal"]] * 3})
+    assert response.status_code == 413 and response.json["error"] == "batch_too_large"
+
+
+def test_without_a_model_the_api_stays_up_and_says_how_to_train(payloads, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    client = create_app({"TESTING": True}).test_client()
+    assert "make train" in caplog.text
+    response = client.post("/predict", json=payloads["Normal"])
+    assert response.status_code == 503
+    assert response.json["error"] == "model_not_loaded" and "make train" in response.json["message"]
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json["ready"] is False and "make train" in ready.json["reason"]
+    assert client.get("/health").status_code == 200
+    assert sample(client, "hvs_model_loaded") == 0
+
+
+def test_health_and_ready_show_the_model(client, champion):
+    health = client.get("/health").json
+    assert health["status"] == "ok" and health["ready"] is True
+    assert health["model"]["run_id"] == champion.run_id and health["model"]["version"] == champion.version
+    assert client.get("/ready").json["model"]["name"] == champion.name
+
+
+def test_unknown_paths_add_no_series(client):
+    methods = ["GET", "POST", "DELETE"]
+    for method in methods:  # The first miss per method creates its "unmatched" series.
+        client.open("/no-such-page", method=method)
+    before = series_count(client)
+    rng = random.Random(1)
+    for _ in range(1000):
+        path = "/" + "".join(rng.choices(string.ascii_letters + string.digits + "/", k=12))
+        response = client.open(path, method=rng.choice(methods))
+        assert response.status_code == 404 and response.is_json
+    assert series_count(client) == before
+
+
+def test_wrong_method_is_a_json_405(client):
+    response = client.get("/predict")
+    assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
+
+
+def test_openapi_describes_the_features_and_limits(client):
+    document = client.get("/openapi.json").json
+    record = document["components"]["schemas"]["Record"]
+    assert record["required"] == list(FEATURE_NAMES)
+    assert record["properties"]["temperature_c"]["maximum"] == 150.0
+    assert "1000 records" in document["info"]["description"]
+    assert set(document["paths"]) == {"/predict", "/health", "/ready"}
+
+
+def test_errors_never_leak_a_stack_trace(champion, payloads):
+    class Exploding:
+        def predict_proba(self, x):
+            raise RuntimeError("secret internals")
+
+    broken = dataclasses.replace(champion, estimator=Exploding())
+    client = create_app({"TESTING": False, "MODEL": broken}).test_client()
+    response = client.post("/predict", json=payloads["Normal"])
+    assert response.status_code == 500
+    assert response.json == {"error": "internal_error", "message": "the server failed to handle the request"}
+    assert "secret" not in response.get_data(as_text=True)
+
+
+def test_security_headers(client):
+    response = client.get("/health")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"

@@ -1,0 +1,68 @@
+import shutil
+
+import pytest
+
+from hvs_api import model, store, train
+from hvs_api.train import Result, pick_champion
+
+
+def result(name, f1, latency):
+    return Result(train.Candidate(name, {}, lambda seed: None), name, f"runs:/{name}/model", f1, latency)
+
+
+def test_best_f1_wins_when_nothing_close_is_faster():
+    chosen = pick_champion([result("a", 0.90, 1.0), result("b", 0.95, 2.0), result("c", 0.80, 0.1)])
+    assert chosen.run_id == "b"
+
+
+def test_faster_model_within_tolerance_wins():
+    chosen = pick_champion([result("slow", 0.950, 3.0), result("fast", 0.945, 0.3), result("fastest", 0.90, 0.1)])
+    assert chosen.run_id == "fast"
+
+
+def test_training_logs_every_candidate_and_registers_the_champion(mlruns):
+    client = store.client()
+    experiment = client.get_experiment_by_name(store.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_name for r in runs} == {c.name for c in train.CANDIDATES}
+    for run in runs:
+        for key in ("f1_hazardous", "roc_auc", "recall_hazardous", "single_record_latency_ms", store.BASELINE_METRIC):
+            assert key in run.data.metrics, key
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "confusion_matrix.json" in artifacts
+    champion = client.get_model_version_by_alias(store.MODEL_NAME, store.CHAMPION_ALIAS)
+    best = max(runs, key=lambda r: r.data.metrics["f1_hazardous"]).data.metrics["f1_hazardous"]
+    chosen = client.get_run(champion.run_id).data.metrics["f1_hazardous"]
+    assert chosen >= best - train.F1_TOLERANCE
+    assert experiment.artifact_location == store.ARTIFACT_ROOT
+
+
+def test_the_store_folder_can_move(mlruns, tmp_path, monkeypatch):
+    """A store written in one place loads from another, as between the host and /app/mlruns."""
+    moved = tmp_path / "elsewhere" / "mlruns"
+    shutil.copytree(mlruns, moved)
+    monkeypatch.setenv("MLRUNS_DIR", str(moved))
+    # The original is renamed away, so nothing below can read from the old place.
+    original = mlruns.rename(mlruns.with_name("gone"))
+    try:
+        loaded = model.load(model.model_uri_from_env({}))
+        assert loaded.version == "1"
+        assert loaded.hazard_probability([[50.0, 3.0, 200.0, 40.0, 100.0]])[0] < 0.5
+    finally:
+        original.rename(mlruns)
+
+
+def test_main_prints_the_best_run_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+    monkeypatch.setattr(train, "CANDIDATES", train.CANDIDATES[:1])
+    train.main(["--samples", "1000"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("BEST_MLFLOW_RUN_ID=")
+    run_id = last.split("=", 1)[1]
+    assert store.client().get_run(run_id).info.run_name == train.CANDIDATES[0].name
+
+
+def test_training_refuses_an_empty_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+    with pytest.raises(ValueError):
+        train.train(samples=0)

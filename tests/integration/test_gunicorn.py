@@ -1,0 +1,134 @@
+"""The API under a real gunicorn with several workers, started as the image starts it."""
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hvs_api import store
+from tests.support import ROOT, http, metric_value, wait_for
+
+NORMAL = json.loads((ROOT / "test_payload.json").read_text())
+HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
+
+
+def predict_many(server, normal: int, hazardous: int) -> None:
+    for payload, count in ((NORMAL, normal), (HAZARDOUS, hazardous)):
+        for _ in range(count):
+            status, _ = http("POST", server.url + "/predict", payload)
+            assert status == 200
+
+
+def outcome(text: str, label: str) -> float:
+    return metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text=label)
+
+
+def predict_requests(text: str) -> float:
+    return metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="200")
+
+
+def pids_with_files(metrics_dir: Path) -> set[int]:
+    return {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
+
+
+def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, start_api):
+    server = start_api(trained_mlruns, workers=2)
+    workers = server.worker_pids()
+    assert len(workers) == 2
+
+    # Keep sending until both workers have served (and so written) predictions.
+    sent_normal = sent_hazardous = 0
+    while not set(workers) <= pids_with_files(server.metrics_dir):
+        predict_many(server, 3, 2)
+        sent_normal, sent_hazardous = sent_normal + 3, sent_hazardous + 2
+        assert sent_normal < 600, "requests never reached both workers"
+    n = sent_normal + sent_hazardous
+    text = server.metrics()
+    assert predict_requests(text) == n
+    assert (outcome(text, "Normal"), outcome(text, "Hazardous")) == (sent_normal, sent_hazardous)
+
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, 30, "a new worker")
+    wait_for(lambda: http("GET", server.url + "/ready")[0] == 200, 30, "readiness after the restart")
+
+    predict_many(server, 7, 4)
+    status, _ = http("POST", server.url + "/predict", {"records": [NORMAL] * 10 + [HAZARDOUS] * 5})
+    assert status == 200
+    text = server.metrics()
+    assert predict_requests(text) == n + 11 + 1
+    assert outcome(text, "Normal") == sent_normal + 7 + 10
+    assert outcome(text, "Hazardous") == sent_hazardous + 4 + 5
+    # The killed worker's live gauges are gone, its counters stay.
+    assert not list(server.metrics_dir.glob(f"gauge_live*_{victim}.db"))
+    assert list(server.metrics_dir.glob(f"counter_{victim}.db"))
+
+
+def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, start_api):
+    server = start_api(trained_mlruns, workers=2)
+    predict_many(server, 2, 2)
+    text = server.metrics()
+    # The series the user's PromQL selects, label for label.
+    assert predict_requests(text) == 4
+    assert 'flask_http_request_duration_seconds_bucket{endpoint="/predict",handler="api.predict"' in text
+    assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Hazardous") == 2
+    assert metric_value(text, "app_info", version="1.0.0") == 1
+    assert metric_value(text, "hvs_model_loaded") == 1
+
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    problems = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
+    assert problems == [], problems
+
+
+def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
+    """Two workers each starting one OpenMP thread per core would oversubscribe the CPUs."""
+    server = start_api(trained_mlruns, workers=2)
+    for _ in range(20):
+        http("POST", server.url + "/predict", {"records": [NORMAL] * 200})
+    for pid in server.worker_pids():
+        assert len(os.listdir(f"/proc/{pid}/task")) == 1, f"worker {pid} runs extra threads"
+
+
+def test_a_stale_metrics_directory_is_emptied_at_start(trained_mlruns, start_api, tmp_path):
+    stale = tmp_path / "metrics-0"
+    stale.mkdir()
+    (stale / "counter_999999.db").write_bytes(b"left over from an earlier server")
+    server = start_api(trained_mlruns, workers=1)
+    assert not (stale / "counter_999999.db").exists()
+    assert server.metrics_dir == stale
+
+
+def test_without_a_model_the_server_stays_up_and_says_how_to_train(tmp_path, start_api):
+    empty = tmp_path / "empty-mlruns"
+    empty.mkdir()
+    server = start_api(empty, wait_ready=False, workers=2)
+    master, workers = server.process.pid, server.worker_pids()
+
+    status, body = http("POST", server.url + "/predict", NORMAL)
+    assert status == 503 and "make train" in json.loads(body)["message"]
+    assert http("GET", server.url + "/ready")[0] == 503
+    assert http("GET", server.url + "/health")[0] == 200
+    text = server.metrics()
+    assert metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="503") == 1
+    assert metric_value(text, "hvs_model_loaded") == 0
+    assert "make train" in server.log()
+    # Still the same master and workers: nothing crashed or restarted.
+    assert server.process.poll() is None and server.process.pid == master and server.worker_pids() == workers
+
+
+@pytest.mark.parametrize("variable", ["BEST_MLFLOW_RUN_ID", "MODEL_URI"])
+def test_the_users_variables_choose_the_model(trained_mlruns, start_api, variable, monkeypatch):
+    monkeypatch.setenv("MLRUNS_DIR", str(trained_mlruns))
+    runs = store.client().search_runs(
+        [store.client().get_experiment_by_name(store.EXPERIMENT).experiment_id],
+        "attributes.run_name = 'logistic_regression'",
+    )
+    run_id = runs[0].info.run_id
+    value = run_id if variable == "BEST_MLFLOW_RUN_ID" else f"runs:/{run_id}/model"
+    server = start_api(trained_mlruns, workers=1, extra_env={variable: value})
+    health = json.loads(http("GET", server.url + "/health")[1])
+    assert health["model"]["run_id"] == run_id
+    assert health["model"]["version"] == "unregistered"

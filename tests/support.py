@@ -1,0 +1,168 @@
+"""Helpers for tests that start real processes: free ports, the API under gunicorn, HTTP calls."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "api" / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """The instructions of the image's last stage, the one that runs."""
+    pairs = dockerfile_instructions(path)
+    last_from = max(i for i, (k, _) in enumerate(pairs) if k == "FROM")
+    return pairs[last_from:]
+
+
+def image_env(path: Path = DOCKERFILE) -> dict[str, str]:
+    """The ``ENV`` variables the image sets."""
+    env = {}
+    for keyword, rest in final_stage(path):
+        if keyword == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+def image_cmd(path: Path = DOCKERFILE) -> list[str]:
+    """The image's ``CMD``, in exec form."""
+    [cmd] = [rest for keyword, rest in final_stage(path) if keyword == "CMD"]
+    return json.loads(cmd)
+
+
+def http(method: str, url: str, body: object = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One request; returns ``(status, body)`` for any status."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the series ``name{labels}`` in a /metrics page (labels must match exactly)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        found_name, _, found_labels = series.partition("{")
+        pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found_labels))
+        if found_name == name and pairs == labels:
+            return float(value)
+    return 0.0
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class ApiServer:
+    """The API started the way the image starts it: its CMD, its ENV, from the image's working folder."""
+
+    mlruns: Path
+    metrics_dir: Path
+    log_path: Path
+    workers: int = 2
+    extra_env: dict = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> "ApiServer":
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "OMP_", "OPENBLAS_NUM", "MKL_"))}
+        env.update(image_env())
+        env.update(
+            {
+                # Only the paths and the address differ from the image's settings.
+                "MLRUNS_DIR": str(self.mlruns),
+                "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "WORKERS": str(self.workers),
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            }
+        )
+        env.update(self.extra_env)
+        self._log = open(self.log_path, "wb")  # Closed in stop().
+        self.process = subprocess.Popen(
+            image_cmd(), cwd=ROOT / "api", env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        path = "/ready" if wait_ready else "/health"
+        wait_for(lambda: self._answers(path), 90, f"the API to answer {path} (log: {self.log_path})")
+        return self
+
+    def _answers(self, path: str) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
+        try:
+            return http("GET", self.url + path, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return sorted(int(pid) for pid in children)
+
+    def metrics(self) -> str:
+        status, body = http("GET", self.url + "/metrics")
+        assert status == 200
+        return body.decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
