@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from hvs_api import model as model_loading
 from hvs_api.metrics import ApiMetrics
-from hvs_api.state import ModelState
+from hvs_api.reloader import ModelWatcher
+from hvs_api.state import ModelState, api_metrics, model_state, watcher
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,16 @@ DEFAULTS = {
     "MAX_CONTENT_LENGTH": 1024 * 1024,
     "MAX_BATCH_RECORDS": 1000,
     "METRICS_ENABLED": True,
+    # How often each worker asks the registry whether the champion alias moved (0: never).
+    "MODEL_RELOAD_SECONDS": 30.0,
+    # The lab's demo switch: when on, /predict requests carrying "X-Inject-Fault: 1" fail with a 500.
+    "FAULT_INJECTION_ENABLED": False,
     "APP_VERSION": APP_VERSION,
 }
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _config_from_env(env: dict) -> dict:
@@ -34,7 +43,11 @@ def _config_from_env(env: dict) -> dict:
     if "MAX_BATCH_RECORDS" in env:
         config["MAX_BATCH_RECORDS"] = int(env["MAX_BATCH_RECORDS"])
     if "METRICS_ENABLED" in env:
-        config["METRICS_ENABLED"] = env["METRICS_ENABLED"].strip().lower() not in ("0", "false", "no", "off")
+        config["METRICS_ENABLED"] = _flag(env["METRICS_ENABLED"])
+    if "MODEL_RELOAD_SECONDS" in env:
+        config["MODEL_RELOAD_SECONDS"] = float(env["MODEL_RELOAD_SECONDS"])
+    if "FAULT_INJECTION_ENABLED" in env:
+        config["FAULT_INJECTION_ENABLED"] = _flag(env["FAULT_INJECTION_ENABLED"])
     config["MODEL_URI"] = model_loading.model_uri_from_env(env)
     return config
 
@@ -60,6 +73,16 @@ def _internal_error(error: Exception):
     return jsonify({"error": "internal_error", "message": "the server failed to handle the request"}), 500
 
 
+def _start_in_this_process():
+    # gunicorn forks workers from the master that built the app: each worker publishes its
+    # model's metrics and starts its own watcher thread on its first request.
+    state = model_state()
+    if state.published_pid != os.getpid():
+        state.published_pid = os.getpid()
+        api_metrics().model_changed(state.model)
+    watcher().ensure_started()
+
+
 def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
@@ -82,6 +105,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _json_error)
     app.register_error_handler(Exception, _internal_error)
+    app.before_request(_start_in_this_process)
     app.after_request(_security_headers)
 
     metrics = ApiMetrics(app, app.config["APP_VERSION"], enabled=app.config["METRICS_ENABLED"])
@@ -89,7 +113,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         state = ModelState(app.config["MODEL"], "" if app.config["MODEL"] else "no model given")
     else:
         state = _load_model(app.config["MODEL_URI"])
-    metrics.model_changed(state.model)
     app.extensions["hvs_model"] = state
     app.extensions["hvs_metrics"] = metrics
+    app.extensions["hvs_watcher"] = ModelWatcher(
+        state, metrics, app.config["MODEL_URI"], 0.0 if "MODEL" in app.config else app.config["MODEL_RELOAD_SECONDS"]
+    )
     return app

@@ -117,6 +117,11 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.injected_faults = Counter(
+            "hvs_api_injected_faults_total",
+            "Prediction requests failed on purpose by the lab's fault-injection switch",
+            registry=registry,
+        )
         self.training_hazardous_share = Gauge(
             "hvs_model_training_hazardous_ratio",
             "Share of Hazardous labels in the served model's training data, the drift baseline",
@@ -131,9 +136,19 @@ class ApiMetrics:
         for reason in INVALID_REASONS:
             self.invalid_requests.labels(reason=reason)
 
-    def model_changed(self, model: LoadedModel | None) -> None:
-        """Publish which model is served (or that none is)."""
+    def model_changed(self, model: LoadedModel | None, previous: LoadedModel | None = None) -> None:
+        """Publish which model this process serves (or that it serves none).
+
+        Called in each worker, not in the gunicorn master: the master's values would outlive
+        a reload, and "livemax" would keep showing the old version. A replaced version's
+        series drops to 0 (multiprocess files cannot remove a series) and disappears when
+        the worker is next replaced.
+        """
         self.model_loaded.set(1 if model is not None else 0)
+        if previous is not None:
+            self.model_info.labels(
+                model_name=previous.name, model_version=previous.version, run_id=previous.run_id
+            ).set(0)
         if model is None:
             return
         self.model_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
@@ -152,6 +167,10 @@ class ApiMetrics:
         self.inference_duration.observe(seconds)
         for p in hazard_probability.tolist():
             self.hazard_probability.observe(p)
+
+    def fault_injected(self) -> None:
+        """Count a request failed on purpose."""
+        self.injected_faults.inc()
 
     def request_refused(self, reason: str) -> None:
         """Count a refused prediction request by its bounded reason."""

@@ -11,6 +11,9 @@ from hvs_api.state import api_metrics, model_state
 
 bp = Blueprint("api", __name__)
 
+# The request header that asks for an injected failure, honoured only when the switch is on.
+FAULT_HEADER = "X-Inject-Fault"
+
 
 def _refused(error: schema.RequestError):
     api_metrics().request_refused(error.reason)
@@ -23,6 +26,9 @@ def predict():
     model = model_state().model
     if model is None:
         return jsonify({"error": "model_not_loaded", "message": model_state().error}), 503
+    if current_app.config["FAULT_INJECTION_ENABLED"] and request.headers.get(FAULT_HEADER, "").lower() in ("1", "true"):
+        api_metrics().fault_injected()
+        return jsonify({"error": "injected_fault", "message": f"failed on purpose ({FAULT_HEADER} is set)"}), 500
     try:
         if request.mimetype != "application/json":
             raise schema.refuse(

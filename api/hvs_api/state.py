@@ -1,11 +1,15 @@
 """What one app instance holds at run time: the served model and its metrics."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model import LoadedModel
+
+if TYPE_CHECKING:
+    from hvs_api.reloader import ModelWatcher
 
 
 @dataclass
@@ -14,11 +18,18 @@ class ModelState:
 
     model: LoadedModel | None = None
     error: str = ""
+    # The process that last published the model's metrics (see ApiMetrics.model_changed).
+    published_pid: int | None = None
 
 
 def model_state() -> ModelState:
     """The current app's model state."""
     return current_app.extensions["hvs_model"]
+
+
+def watcher() -> "ModelWatcher":
+    """The current app's model watcher."""
+    return current_app.extensions["hvs_watcher"]
 
 
 def api_metrics() -> ApiMetrics:

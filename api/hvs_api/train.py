@@ -135,8 +135,8 @@ def _experiment_id(client) -> str:
     return client.create_experiment(EXPERIMENT, artifact_location=store.ARTIFACT_ROOT)
 
 
-def train(samples: int = 20_000, seed: int = 42) -> Result:
-    """Run every candidate, register the champion and return its result."""
+def train(samples: int = 20_000, seed: int = 42, candidates: tuple[Candidate, ...] = CANDIDATES) -> Result:
+    """Run the candidates, register the champion and return its result."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -153,7 +153,7 @@ def train(samples: int = 20_000, seed: int = 42) -> Result:
     requirements = [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"]
 
     results = []
-    for candidate in CANDIDATES:
+    for candidate in candidates:
         model = clone(candidate.build(seed)).fit(x_train, y_train)
         metrics = evaluate(model, x_test, y_test)
         metrics["single_record_latency_ms"] = single_record_latency_ms(model, x_test)
@@ -209,9 +209,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20_000, help="readings to generate (default 20000)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument(
+        "--candidates",
+        nargs="+",
+        choices=[c.name for c in CANDIDATES],
+        default=[c.name for c in CANDIDATES],
+        help="train only these candidates (default: all)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    champion = train(samples=args.samples, seed=args.seed)
+    chosen = tuple(c for c in CANDIDATES if c.name in args.candidates)
+    champion = train(samples=args.samples, seed=args.seed, candidates=chosen)
     print(f"BEST_MLFLOW_RUN_ID={champion.run_id}")
 
 

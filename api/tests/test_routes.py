@@ -175,3 +175,15 @@ def test_errors_never_leak_a_stack_trace(champion, payloads):
 def test_security_headers(client):
     response = client.get("/health")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_fault_injection_is_off_unless_switched_on(champion, payloads):
+    off = create_app({"TESTING": True, "MODEL": champion}).test_client()
+    assert off.post("/predict", json=payloads["Normal"], headers={"X-Inject-Fault": "1"}).status_code == 200
+
+    on = create_app({"TESTING": True, "MODEL": champion, "FAULT_INJECTION_ENABLED": True}).test_client()
+    response = on.post("/predict", json=payloads["Normal"], headers={"X-Inject-Fault": "1"})
+    assert response.status_code == 500 and response.json["error"] == "injected_fault"
+    assert on.post("/predict", json=payloads["Normal"]).status_code == 200
+    assert sample(on, "hvs_api_injected_faults_total") == 1
+    assert sample(on, "flask_http_request_total", endpoint="/predict", method="POST", status="500") == 1

@@ -54,8 +54,7 @@ def test_the_store_folder_can_move(mlruns, tmp_path, monkeypatch):
 
 def test_main_prints_the_best_run_id(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
-    monkeypatch.setattr(train, "CANDIDATES", train.CANDIDATES[:1])
-    train.main(["--samples", "1000"])
+    train.main(["--samples", "1000", "--candidates", train.CANDIDATES[0].name])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("BEST_MLFLOW_RUN_ID=")
     run_id = last.split("=", 1)[1]
