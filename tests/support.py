@@ -134,6 +134,7 @@ class ApiServer:
         )
         path = "/ready" if wait_ready else "/health"
         wait_for(lambda: self._answers(path), 90, f"the API to answer {path} (log: {self.log_path})")
+        wait_for(lambda: len(self.worker_pids()) == self.workers, 30, f"{self.workers} workers")
         return self
 
     def _answers(self, path: str) -> bool:

@@ -85,7 +85,8 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
 
 def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
     """Two workers each starting one OpenMP thread per core would oversubscribe the CPUs."""
-    server = start_api(trained_mlruns, workers=2)
+    # Without the registry watcher, a worker's only thread is its main one.
+    server = start_api(trained_mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "0"})
     for _ in range(20):
         http("POST", server.url + "/predict", {"records": [NORMAL] * 200})
     for pid in server.worker_pids():
