@@ -34,6 +34,21 @@ def pids_with_files(metrics_dir: Path) -> set[int]:
     return {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
 
 
+def run_id_of(mlruns: Path, candidate: str) -> str:
+    """The id of the training run of one candidate in a store."""
+    previous = os.environ.get("MLRUNS_DIR")
+    os.environ["MLRUNS_DIR"] = str(mlruns)
+    try:
+        client = store.client()
+        experiment = client.get_experiment_by_name(store.EXPERIMENT).experiment_id
+        [run] = client.search_runs([experiment], f"attributes.run_name = '{candidate}'")
+        return run.info.run_id
+    finally:
+        os.environ.pop("MLRUNS_DIR")
+        if previous is not None:
+            os.environ["MLRUNS_DIR"] = previous
+
+
 def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, start_api):
     server = start_api(trained_mlruns, workers=2)
     workers = server.worker_pids()
@@ -85,10 +100,12 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
 
 def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
     """Two workers each starting one OpenMP thread per core would oversubscribe the CPUs."""
-    # Without the registry watcher, a worker's only thread is its main one.
-    server = start_api(trained_mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "0"})
-    for _ in range(20):
-        http("POST", server.url + "/predict", {"records": [NORMAL] * 200})
+    # A gradient-boosting model, whose predict runs OpenMP loops; without the registry
+    # watcher, a worker's only thread is then its main one.
+    env = {"BEST_MLFLOW_RUN_ID": run_id_of(trained_mlruns, "hist_gradient_boosting_small"), "MODEL_RELOAD_SECONDS": "0"}
+    server = start_api(trained_mlruns, workers=2, extra_env=env)
+    for _ in range(10):
+        assert http("POST", server.url + "/predict", {"records": [NORMAL] * 1000})[0] == 200
     for pid in server.worker_pids():
         assert len(os.listdir(f"/proc/{pid}/task")) == 1, f"worker {pid} runs extra threads"
 
@@ -121,13 +138,8 @@ def test_without_a_model_the_server_stays_up_and_says_how_to_train(tmp_path, sta
 
 
 @pytest.mark.parametrize("variable", ["BEST_MLFLOW_RUN_ID", "MODEL_URI"])
-def test_the_users_variables_choose_the_model(trained_mlruns, start_api, variable, monkeypatch):
-    monkeypatch.setenv("MLRUNS_DIR", str(trained_mlruns))
-    runs = store.client().search_runs(
-        [store.client().get_experiment_by_name(store.EXPERIMENT).experiment_id],
-        "attributes.run_name = 'logistic_regression'",
-    )
-    run_id = runs[0].info.run_id
+def test_the_users_variables_choose_the_model(trained_mlruns, start_api, variable):
+    run_id = run_id_of(trained_mlruns, "logistic_regression")
     value = run_id if variable == "BEST_MLFLOW_RUN_ID" else f"runs:/{run_id}/model"
     server = start_api(trained_mlruns, workers=1, extra_env={variable: value})
     health = json.loads(http("GET", server.url + "/health")[1])
