@@ -49,10 +49,11 @@ serve: $(VENV_STAMP)
 	  PROMETHEUS_MULTIPROC_DIR=$${PROMETHEUS_MULTIPROC_DIR:-/tmp/hvs-api-metrics-$(PORT)} \
 	  $(CURDIR)/$(BIN)/gunicorn --config gunicorn.conf.py
 
-.PHONY: lint  ## ruff and yamllint
+.PHONY: lint  ## ruff (lint and format check) and yamllint
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/yamllint -c .yamllint.yml .
 
 .PHONY: test  ## install what is needed, lint, and run the whole test suite
 test: $(VENV_STAMP) system-deps lint

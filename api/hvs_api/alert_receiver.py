@@ -1,0 +1,200 @@
+"""The lab's alert receiver: an Alertmanager webhook that shows every notification it gets.
+
+Usage: ``python -m hvs_api.alert_receiver`` (the Compose service ``alert-receiver``).
+
+- ``POST /alerts/<route>``: Alertmanager's webhook; each alert in the notification is kept
+  (the newest ``ALERT_RECEIVER_KEEP``) and logged to stdout as one JSON line.
+- ``GET /``: the notifications as an HTML table, newest first, with links to the runbook.
+- ``GET /alerts``: the same as JSON. ``GET /runbook``: prometheus/runbook.md as HTML
+  (``RUNBOOK_PATH``), which the alerts' ``runbook_url`` annotations point to.
+- ``GET /health``: 200.
+
+It uses only the standard library and ``markdown``, and keeps everything in memory: the list
+starts empty when the receiver restarts, while ``docker compose logs alert-receiver`` keeps
+the JSON lines.
+"""
+
+import html
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections import deque
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import markdown
+
+log = logging.getLogger(__name__)
+
+# Alertmanager sends small notifications; anything bigger is not one of them.
+MAX_BODY_BYTES = 1024 * 1024
+ROUTE = re.compile(r"^/alerts/([A-Za-z0-9_-]{1,40})$")
+
+
+class AlertLog:
+    """The newest alerts received, safe to share between request threads."""
+
+    def __init__(self, keep: int):
+        self._alerts: deque[dict] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, route: str, notification: dict) -> list[dict]:
+        received = datetime.now(UTC).isoformat(timespec="seconds")
+        entries = []
+        for alert in notification.get("alerts", []):
+            labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
+            entries.append(
+                {
+                    "received_at": received,
+                    "route": route,
+                    "receiver": notification.get("receiver", ""),
+                    "status": alert.get("status", notification.get("status", "")),
+                    "alertname": labels.get("alertname", ""),
+                    "severity": labels.get("severity", ""),
+                    "labels": labels,
+                    "summary": annotations.get("summary", ""),
+                    "description": annotations.get("description", ""),
+                    "runbook_url": annotations.get("runbook_url", ""),
+                    "starts_at": alert.get("startsAt", ""),
+                    "ends_at": alert.get("endsAt", ""),
+                }
+            )
+        with self._lock:
+            self._alerts.extend(entries)
+        return entries
+
+    def newest_first(self) -> list[dict]:
+        with self._lock:
+            return list(reversed(self._alerts))
+
+
+def _page(title: str, body: str, refresh: bool = False) -> bytes:
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        + ("<meta http-equiv='refresh' content='15'>" if refresh else "")
+        + f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        ".firing{color:#b00}.resolved{color:#070}</style></head><body>"
+        f"{body}</body></html>"
+    ).encode()
+
+
+def render_alerts(alerts: list[dict]) -> bytes:
+    rows = "".join(
+        "<tr>"
+        f"<td>{html.escape(a['received_at'])}</td>"
+        f"<td class='{html.escape(a['status'])}'>{html.escape(a['status'])}</td>"
+        f"<td>{html.escape(a['route'])}</td><td>{html.escape(a['severity'])}</td>"
+        f"<td>{html.escape(a['alertname'])}</td><td>{html.escape(a['summary'])}</td>"
+        f"<td>{html.escape(a['description'])}</td>"
+        f"<td><a href='{html.escape(a['runbook_url'], quote=True)}'>runbook</a></td>"
+        "</tr>"
+        for a in alerts
+    )
+    return _page(
+        "Alerts received",
+        f"<h1>Alerts received ({len(alerts)})</h1><p>Newest first; refreshes every 15 s. "
+        "<a href='/runbook'>Runbook</a> · <a href='/alerts'>JSON</a></p>"
+        "<table><tr><th>received (UTC)</th><th>status</th><th>route</th><th>severity</th>"
+        f"<th>alert</th><th>summary</th><th>description</th><th></th></tr>{rows}</table>",
+        refresh=True,
+    )
+
+
+def render_runbook(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return _page("Runbook", f"<p>No runbook at {html.escape(str(path))} (set RUNBOOK_PATH).</p>")
+    # Section ids are the headings in lower case, so #hvsapidown finds "## HvsApiDown".
+    body = markdown.markdown(text, extensions=["toc", "tables"], extension_configs={"toc": {"slugify": _slug}})
+    return _page("HVS runbook", body)
+
+
+def _slug(value: str, separator: str) -> str:
+    return re.sub(r"[^a-z0-9]+", separator, value.lower()).strip(separator)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves one request; the server object carries the alert log and the runbook path."""
+
+    server_version = "hvs-alert-receiver"
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, payload: object) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            self._send(200, render_alerts(self.server.alert_log.newest_first()), "text/html; charset=utf-8")
+        elif path == "/alerts":
+            self._json(200, self.server.alert_log.newest_first())
+        elif path == "/runbook":
+            self._send(200, render_runbook(self.server.runbook_path), "text/html; charset=utf-8")
+        elif path == "/health":
+            self._json(200, {"status": "ok"})
+        else:
+            self._json(404, {"error": "not_found", "message": f"no page at {path}"})
+
+    def do_POST(self) -> None:
+        match = ROUTE.match(self.path.split("?", 1)[0])
+        if not match:
+            self._json(404, {"error": "not_found", "message": "post notifications to /alerts/<route>"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY_BYTES:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "bad_length", "message": "send a JSON body of at most 1 MiB"})
+            return
+        try:
+            notification = json.loads(self.rfile.read(length))
+            if not isinstance(notification, dict) or not isinstance(notification.get("alerts"), list):
+                raise ValueError("not an Alertmanager notification")
+            entries = self.server.alert_log.add(match.group(1), notification)
+        except (ValueError, AttributeError) as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "malformed_notification", "message": str(exc)})
+            return
+        for entry in entries:
+            print(json.dumps(entry), flush=True)
+        self._json(200, {"received": len(entries)})
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug(format, *args)
+
+
+def serve(host: str, port: int, runbook_path: Path, keep: int = 500) -> ThreadingHTTPServer:
+    """Build the server (call ``serve_forever`` on it)."""
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.alert_log = AlertLog(keep)
+    server.runbook_path = runbook_path
+    return server
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    host = os.environ.get("HOST", "0.0.0.0")
+    port = int(os.environ.get("PORT", "9095"))
+    runbook = Path(os.environ.get("RUNBOOK_PATH", "/etc/hvs/runbook.md"))
+    server = serve(host, port, runbook, int(os.environ.get("ALERT_RECEIVER_KEEP", "500")))
+    log.info("alert receiver listening on %s:%d, runbook %s", host, port, runbook)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

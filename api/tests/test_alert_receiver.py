@@ -1,0 +1,91 @@
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from hvs_api import alert_receiver
+from tests.support import ROOT
+
+NOTIFICATION = {
+    "receiver": "lab-pages",
+    "status": "firing",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "HvsApiDown", "severity": "critical", "job": "hvs-api"},
+            "annotations": {
+                "summary": "The HVS Prediction API is down.",
+                "description": "<script>alert(1)</script>",
+                "runbook_url": "http://localhost:9095/runbook#hvsapidown",
+            },
+            "startsAt": "2026-11-27T10:00:00Z",
+        }
+    ],
+}
+
+
+@pytest.fixture
+def receiver():
+    """A receiver on a free port, serving the repository's runbook."""
+    server = alert_receiver.serve("127.0.0.1", 0, ROOT / "prometheus" / "runbook.md", keep=3)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def call(url, body=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_notifications_are_kept_listed_and_logged(receiver, capsys):
+    assert call(receiver + "/alerts/pages", NOTIFICATION) == (200, '{"received": 1}')
+    [alert] = json.loads(call(receiver + "/alerts")[1])
+    assert (alert["route"], alert["alertname"], alert["severity"], alert["status"]) == (
+        "pages",
+        "HvsApiDown",
+        "critical",
+        "firing",
+    )
+    assert json.loads(capsys.readouterr().out.strip())["alertname"] == "HvsApiDown"
+    page = call(receiver + "/")[1]
+    assert "HvsApiDown" in page and "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_only_the_newest_are_kept(receiver):
+    for i in range(5):
+        body = json.loads(json.dumps(NOTIFICATION))
+        body["alerts"][0]["labels"]["alertname"] = f"A{i}"
+        call(receiver + "/alerts/tickets", body)
+    assert [a["alertname"] for a in json.loads(call(receiver + "/alerts")[1])] == ["A4", "A3", "A2"]
+
+
+def test_runbook_sections_have_the_ids_the_alerts_link_to(receiver):
+    page = call(receiver + "/runbook")[1]
+    for anchor in ("hvsapidown", "hvsmodelhazardoussharedrift", "hvsapierrorbudgetburnfast"):
+        assert f'id="{anchor}"' in page
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "status"),
+    [
+        ("/alerts/pages", b"not json", 400),
+        ("/alerts/pages", b"[]", 400),
+        ("/alerts/pages", b'{"alerts": 3}', 400),
+        ("/alerts/../etc", b"{}", 404),
+        ("/elsewhere", b"{}", 404),
+    ],
+)
+def test_bad_posts_are_refused(receiver, path, raw, status):
+    code, body = call(receiver + path, raw=raw)
+    assert code == status and json.loads(body)["error"]
+    assert json.loads(call(receiver + "/alerts")[1]) == []
