@@ -197,11 +197,22 @@ def train(samples: int = 20_000, seed: int = 42, candidates: tuple[Candidate, ..
     champion = pick_champion(results)
     version = mlflow.register_model(champion.model_uri, MODEL_NAME)
     client.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version.version)
-    client.set_model_version_tag(
-        MODEL_NAME, version.version, "selection_rule", f"best F1, faster within {F1_TOLERANCE}"
-    )
+    rule = f"best F1 on Hazardous; a faster candidate within {F1_TOLERANCE} of it wins"
+    client.set_model_version_tag(MODEL_NAME, version.version, "selection_rule", rule)
     log.info("champion: %s, registered as %s version %s", champion.candidate.name, MODEL_NAME, version.version)
     return champion
+
+
+def registered_champion():
+    """The champion's model version in the store, or None when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    if not (store.mlruns_dir() / store.DB_FILE).exists():
+        return None
+    try:
+        return store.client().get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
+    except MlflowException:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,8 +227,16 @@ def main(argv: list[str] | None = None) -> None:
         default=[c.name for c in CANDIDATES],
         help="train only these candidates (default: all)",
     )
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when a champion is already registered (the Compose trainer's first-start mode)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.if_missing and (existing := registered_champion()) is not None:
+        print(f"{MODEL_NAME}@{CHAMPION_ALIAS} is version {existing.version} (run {existing.run_id}); not training")
+        return
     chosen = tuple(c for c in CANDIDATES if c.name in args.candidates)
     champion = train(samples=args.samples, seed=args.seed, candidates=chosen)
     print(f"BEST_MLFLOW_RUN_ID={champion.run_id}")

@@ -65,3 +65,15 @@ def test_training_refuses_an_empty_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
     with pytest.raises(ValueError):
         train.train(samples=0)
+
+
+def test_if_missing_trains_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+    args = ["--samples", "1000", "--candidates", train.CANDIDATES[0].name, "--if-missing"]
+    train.main(args)
+    first = capsys.readouterr().out
+    assert "BEST_MLFLOW_RUN_ID=" in first
+    train.main(args)
+    second = capsys.readouterr().out
+    assert "not training" in second and "BEST_MLFLOW_RUN_ID=" not in second
+    assert str(train.registered_champion().version) == "1"

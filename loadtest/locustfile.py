@@ -1,0 +1,135 @@
+"""Load scenarios for the HVS Prediction API.
+
+In the Compose lab, open http://localhost:8089, pick a scenario (user class) and, for a ramp
+or a spike, a shape, then start. From a shell (``make load`` wraps this)::
+
+    locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:5001 \\
+        -u 20 -r 5 -t 2m --csv results/steady --html results/steady.html SteadyUser
+
+Scenarios (user classes): ``SteadyUser`` (realistic mix), ``DriftUser`` (readings pushed
+towards the stressed regime, so the Hazardous share and the drift alert move), and
+``ErrorBurstUser`` (a share of requests asks the API for an injected 500; the API must run
+with ``FAULT_INJECTION_ENABLED=true``, as the Compose lab does). Load shapes live in their own
+files, since Locust runs whichever shape class it loads: add ``,loadtest/shapes/ramp.py`` or
+``,loadtest/shapes/spike.py`` to ``-f`` (the Compose web UI loads both and lets you pick one).
+
+Every scenario sends single Normal and Hazardous records (the shipped example payloads),
+batches of 5 to 100 records from the project's data generator, health checks, and a small
+share of invalid payloads whose expected 4xx counts as a success.
+
+Environment: HVS_DRIFT (1.0, the DriftUser's drift, 0 to 1), HVS_FAULT_SHARE (0.3, the
+ErrorBurstUser's share of injected failures), HVS_MAX_FAILURE_RATIO (0.01) and HVS_MAX_P95_MS
+(500): a headless run that misses either exits with code 1 (error-burst runs expect failures
+and are not held to the failure ratio).
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+from locust import FastHttpUser, between, events, task
+
+from hvs_api import data
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = {
+    "Normal": json.loads((ROOT / "test_payload.json").read_text()),
+    "Hazardous": json.loads((ROOT / "test_payload_hazardous.json").read_text()),
+}
+# Bodies the API must refuse with a 4xx, built from a valid example so only one thing is wrong.
+INVALID_BODIES = [
+    json.dumps({k: v for k, v in EXAMPLES["Normal"].items() if k != "gas_ppm"}),  # missing field
+    json.dumps({**EXAMPLES["Normal"], "temperature_c": 999}),  # out of range
+    json.dumps({**EXAMPLES["Normal"], "pressure_kpa": "high"}),  # wrong type
+    json.dumps({"records": []}),  # empty batch
+    '{"temperature_c": NaN}',  # not JSON
+]
+JSON_HEADERS = {"Content-Type": "application/json"}
+POOL_SIZE = 2000
+
+
+class PredictionUser(FastHttpUser):
+    """The shared task mix; subclasses choose the readings and the failures they ask for."""
+
+    abstract = True
+    wait_time = between(0.2, 1.0)
+    drift = 0.0
+    fault_share = 0.0
+
+    def on_start(self) -> None:
+        # Each simulated client gets its own readings, drawn once.
+        self.pool = data.records(POOL_SIZE, seed=random.randrange(2**31), drift=self.drift)
+
+    def _headers(self) -> dict:
+        if self.fault_share and random.random() < self.fault_share:
+            return {**JSON_HEADERS, "X-Inject-Fault": "1"}
+        return JSON_HEADERS
+
+    def _post(self, body: str, name: str) -> None:
+        self.client.post("/predict", data=body, headers=self._headers(), name=name)
+
+    @task(6)
+    def single_normal(self) -> None:
+        self._post(json.dumps(EXAMPLES["Normal"] if not self.drift else random.choice(self.pool)), "/predict single")
+
+    @task(2)
+    def single_hazardous(self) -> None:
+        self._post(json.dumps(EXAMPLES["Hazardous"]), "/predict single")
+
+    @task(6)
+    def batch(self) -> None:
+        size = random.choice((5, 10, 25, 50, 100))
+        start = random.randrange(POOL_SIZE - size)
+        self._post(json.dumps({"records": self.pool[start : start + size]}), f"/predict batch {size}")
+
+    @task(2)
+    def health(self) -> None:
+        self.client.get("/health", name="/health")
+
+    @task(1)
+    def invalid(self) -> None:
+        body = random.choice(INVALID_BODIES)
+        with self.client.post(
+            "/predict", data=body, headers=JSON_HEADERS, name="/predict invalid (4xx expected)", catch_response=True
+        ) as response:
+            if 400 <= response.status_code < 500:
+                response.success()
+            else:
+                response.failure(f"expected a 4xx for an invalid body, got {response.status_code}")
+
+
+class SteadyUser(PredictionUser):
+    """Steady, realistic traffic: the Hazardous share stays near the training baseline."""
+
+
+class DriftUser(PredictionUser):
+    """Readings drifted towards the stressed regime: more Hazardous predictions."""
+
+    drift = float(os.environ.get("HVS_DRIFT", "1.0"))
+
+
+class ErrorBurstUser(PredictionUser):
+    """Steady readings, but a share of requests asks for an injected 500."""
+
+    fault_share = float(os.environ.get("HVS_FAULT_SHARE", "0.3"))
+
+
+@events.quitting.add_listener
+def enforce_slo(environment, **_kwargs) -> None:
+    """Turn a missed SLO into a non-zero exit code for headless runs."""
+    stats = environment.stats.total
+    if stats.num_requests == 0:
+        return
+    max_failure_ratio = float(os.environ.get("HVS_MAX_FAILURE_RATIO", "0.01"))
+    max_p95_ms = float(os.environ.get("HVS_MAX_P95_MS", "500"))
+    expects_failures = any(cls.fault_share for cls in environment.user_classes)
+    p95 = stats.get_response_time_percentile(0.95)
+    missed = []
+    if stats.fail_ratio > max_failure_ratio and not expects_failures:
+        missed.append(f"failure ratio {stats.fail_ratio:.2%} > {max_failure_ratio:.2%}")
+    if p95 > max_p95_ms:
+        missed.append(f"p95 {p95:.0f} ms > {max_p95_ms:.0f} ms")
+    if missed:
+        environment.process_exit_code = 1
+        print("SLO missed: " + "; ".join(missed))
