@@ -6,11 +6,22 @@ PORT ?= 5001
 WORKERS ?=
 MLRUNS_DIR ?= $(CURDIR)/mlruns
 IMAGE ?= hvs-prediction-api:latest
+COMPOSE ?= docker compose
 PYTEST_ARGS ?=
+# make load: a bounded headless Locust run against the API.
+HOST ?= http://127.0.0.1:5001
+USERS ?= 20
+SPAWN_RATE ?= 5
+DURATION ?= 1m
+SCENARIO ?= SteadyUser
+RESULTS ?= results
 
 BIN := $(VENV)/bin
 # Rebuilt whenever a dependency list changes.
 VENV_STAMP := $(VENV)/.installed
+# The Compose specification's JSON schema, as the dclint package on npm ships it.
+DCLINT_VERSION := 3.1.0
+COMPOSE_SCHEMA := .cache/compose.schema.json
 
 .DEFAULT_GOAL := help
 
@@ -39,6 +50,12 @@ system-deps:
 	  fi; \
 	fi
 
+$(COMPOSE_SCHEMA):
+	mkdir -p .cache/dclint
+	cd .cache/dclint && npm pack --silent dclint@$(DCLINT_VERSION) >/dev/null \
+	  && tar -xzf dclint-$(DCLINT_VERSION).tgz package/schemas/compose.schema.json
+	cp .cache/dclint/package/schemas/compose.schema.json $@
+
 .PHONY: train  ## train the candidate models into ./mlruns and register the champion
 train: $(VENV_STAMP)
 	MLRUNS_DIR=$(MLRUNS_DIR) $(BIN)/python -m hvs_api.train
@@ -56,13 +73,44 @@ lint: $(VENV_STAMP)
 	$(BIN)/yamllint -c .yamllint.yml .
 
 .PHONY: test  ## install what is needed, lint, and run the whole test suite
-test: $(VENV_STAMP) system-deps lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(VENV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
+	COMPOSE_SCHEMA=$(COMPOSE_SCHEMA) $(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: image  ## build the API image (needs a Docker engine)
 image:
 	docker build -f api/Dockerfile -t $(IMAGE) .
 
+.PHONY: up  ## start the whole lab with docker compose and print its URLs
+up:
+	$(COMPOSE) up -d --build
+	@echo "HVS lab is starting (the first start trains the model):"
+	@echo "  Grafana        http://localhost:3000   (dashboards, no login needed)"
+	@echo "  Prometheus     http://localhost:9090"
+	@echo "  Alertmanager   http://localhost:9093"
+	@echo "  Alerts         http://localhost:9095   (every alert delivered, and the runbook)"
+	@echo "  Locust         http://localhost:8089"
+	@echo "  MLflow         http://localhost:5000"
+	@echo "  API            http://localhost:5001   (/predict, /health, /metrics)"
+	@echo "  cAdvisor       http://localhost:8080"
+
+.PHONY: down  ## stop the lab, keeping its data
+down:
+	$(COMPOSE) down
+
+.PHONY: reset  ## stop the lab and delete its volumes (model store, metrics, Grafana state)
+reset:
+	$(COMPOSE) down -v
+
+.PHONY: retrain  ## train and promote a new champion inside the running lab
+retrain:
+	$(COMPOSE) run --rm trainer python -m hvs_api.train
+
+.PHONY: load  ## headless Locust run (HOST, USERS, SPAWN_RATE, DURATION, SCENARIO) with reports in results/
+load: $(VENV_STAMP)
+	mkdir -p $(RESULTS)
+	$(BIN)/locust -f loadtest/locustfile.py --headless -H $(HOST) -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
+	  --csv $(RESULTS)/$(SCENARIO) --html $(RESULTS)/$(SCENARIO).html --only-summary $(SCENARIO)
+
 .PHONY: clean  ## remove the virtual environment and caches (keeps ./mlruns)
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

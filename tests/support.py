@@ -38,10 +38,21 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 
 
 def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
-    """The instructions of the image's last stage, the one that runs."""
-    pairs = dockerfile_instructions(path)
-    last_from = max(i for i, (k, _) in enumerate(pairs) if k == "FROM")
-    return pairs[last_from:]
+    """The instructions that make the image's last stage, with those of the stages it builds on."""
+    stages: dict[str, tuple[str, list]] = {}
+    current: list = []
+    for keyword, rest in dockerfile_instructions(path):
+        if keyword == "FROM":
+            base, _, name = rest.partition(" AS ")
+            current = []
+            stages[name.strip() or f"stage{len(stages)}"] = (base.strip(), current)
+        current.append((keyword, rest))
+    chain, name = [], list(stages)[-1]
+    while name in stages:
+        base, instructions = stages[name]
+        chain = instructions + chain
+        name = base
+    return chain
 
 
 def image_env(path: Path = DOCKERFILE) -> dict[str, str]:
