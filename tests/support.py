@@ -178,3 +178,42 @@ class ApiServer:
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+# A panel whose description starts with this may show no data (but never an error).
+EXPECTED_EMPTY = "Expected empty:"
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One query of one dashboard panel, with the dashboard's variables at their defaults."""
+
+    dashboard: str
+    panel: str
+    expr: str
+    instant: bool
+    may_be_empty: bool
+
+
+def panel_queries(rate_interval: str = "1m") -> list[PanelQuery]:
+    """Every Prometheus query of every dashboard panel, ready to send to Prometheus."""
+    queries = []
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        variables = {v["name"]: v["current"]["value"] for v in dashboard.get("templating", {}).get("list", [])}
+        for panel in dashboard["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", rate_interval)
+                for name, value in variables.items():
+                    expr = expr.replace(f"${name}", value)
+                queries.append(
+                    PanelQuery(
+                        path.stem,
+                        panel["title"],
+                        expr,
+                        bool(target.get("instant")),
+                        panel.get("description", "").startswith(EXPECTED_EMPTY),
+                    )
+                )
+    return queries

@@ -1,0 +1,257 @@
+"""The Compose lab run natively: Debian's Prometheus and Alertmanager and the project's alert
+receiver, on 127.0.0.1, from the very files Compose mounts. Only hosts, ports, intervals and
+``for:`` durations are rewritten, so that a test sees in a minute what the lab shows in an hour.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.support import ROOT, free_port, http, wait_for
+
+# `for:` durations and Alertmanager's timings shrink by this factor (1m -> 2s, 5m -> 10s). Not
+# further: Prometheus only starts scraping after its first 5-second discovery round, and a 5s
+# `for:` on HvsApiAbsent would fire during that start-up gap.
+TIME_SCALE = 30
+SCRAPE_INTERVAL = "1s"
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(duration: str) -> float:
+    return sum(float(n) * UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", duration))
+
+
+def scaled(duration: str) -> str:
+    return f"{max(1, round(seconds(duration) / TIME_SCALE))}s"
+
+
+def rewrite_rules(source: Path, target: Path) -> None:
+    rules = yaml.safe_load(source.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = scaled(rule["for"])
+    target.write_text(yaml.safe_dump(rules, sort_keys=False))
+
+
+def rewrite_prometheus(source: Path, target: Path, rules_dir: Path, hosts: dict[str, str]) -> None:
+    config = yaml.safe_load(source.read_text())
+    config["global"]["scrape_interval"] = SCRAPE_INTERVAL
+    config["global"]["evaluation_interval"] = SCRAPE_INTERVAL
+    config["rule_files"] = [str(rules_dir / Path(pattern).name) for pattern in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        for static in job["static_configs"]:
+            static["targets"] = [hosts[t] for t in static["targets"]]
+    for alertmanager in config["alerting"]["alertmanagers"]:
+        for static in alertmanager["static_configs"]:
+            static["targets"] = [hosts[t] for t in static["targets"]]
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def rewrite_alertmanager(source: Path, target: Path, hosts: dict[str, str]) -> None:
+    config = yaml.safe_load(source.read_text())
+
+    def shrink(route: dict) -> None:
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            if key in route:
+                route[key] = scaled(route[key])
+        for child in route.get("routes", []):
+            shrink(child)
+
+    shrink(config["route"])
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            parts = urllib.parse.urlsplit(webhook["url"])
+            webhook["url"] = parts._replace(netloc=hosts[parts.netloc]).geturl()
+    target.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@dataclass
+class Process:
+    """A started program, stopped by its PID (and its process group) afterwards."""
+
+    name: str
+    command: list[str]
+    log: Path
+    env: dict = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        handle = open(self.log, "wb")  # The child writes to it; closed in stop().
+        self.popen = subprocess.Popen(
+            self.command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._handle = handle
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.popen and self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        if getattr(self, "_handle", None):
+            self._handle.close()
+
+
+@dataclass
+class Lab:
+    """Prometheus, Alertmanager and the alert receiver around an API already listening on api_port."""
+
+    workdir: Path
+    api_port: int
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+
+    def start(self) -> "Lab":
+        for name in ("prometheus", "alertmanager", "alert-receiver"):
+            self.ports[name] = free_port()
+        # Grafana and cAdvisor cannot run here: their targets point at a closed port.
+        closed = f"127.0.0.1:{free_port()}"
+        hosts = {
+            "api:5001": f"127.0.0.1:{self.api_port}",
+            "localhost:9090": f"127.0.0.1:{self.ports['prometheus']}",
+            "alertmanager:9093": f"127.0.0.1:{self.ports['alertmanager']}",
+            "alert-receiver:9095": f"127.0.0.1:{self.ports['alert-receiver']}",
+            "grafana:3000": closed,
+            "cadvisor:8080": closed,
+        }
+        rules_dir = self.workdir / "rules"
+        rules_dir.mkdir()
+        for rule_file in (ROOT / "prometheus" / "rules").glob("*.yml"):
+            rewrite_rules(rule_file, rules_dir / rule_file.name)
+        rewrite_prometheus(ROOT / "prometheus" / "prometheus.yml", self.workdir / "prometheus.yml", rules_dir, hosts)
+        rewrite_alertmanager(ROOT / "alertmanager" / "alertmanager.yml", self.workdir / "alertmanager.yml", hosts)
+
+        self.processes.append(
+            Process(
+                "alert-receiver",
+                [sys.executable, "-m", "hvs_api.alert_receiver"],
+                self.workdir / "alert-receiver.log",
+                {
+                    "HOST": "127.0.0.1",
+                    "PORT": str(self.ports["alert-receiver"]),
+                    "RUNBOOK_PATH": str(ROOT / "prometheus" / "runbook.md"),
+                },
+            ).start()
+        )
+        self.processes.append(
+            Process(
+                "alertmanager",
+                [
+                    "prometheus-alertmanager",
+                    f"--config.file={self.workdir / 'alertmanager.yml'}",
+                    f"--storage.path={self.workdir / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{self.ports['alertmanager']}",
+                    # A single Alertmanager: no gossip port.
+                    "--cluster.listen-address=",
+                ],
+                self.workdir / "alertmanager.log",
+            ).start()
+        )
+        self.processes.append(
+            Process(
+                "prometheus",
+                [
+                    "prometheus",
+                    f"--config.file={self.workdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}",
+                    # Firing alerts reach Alertmanager at once rather than after a minute.
+                    "--rules.alert.resend-delay=1s",
+                ],
+                self.workdir / "prometheus.log",
+            ).start()
+        )
+        for name, path in (("alert-receiver", "/health"), ("alertmanager", "/-/ready"), ("prometheus", "/-/ready")):
+            url = f"http://127.0.0.1:{self.ports[name]}{path}"
+            wait_for(lambda url=url: self._ok(url), 60, f"{name} at {url}")
+        return self
+
+    @staticmethod
+    def _ok(url: str) -> bool:
+        try:
+            return http("GET", url, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    # Prometheus's HTTP API.
+    def query(self, expr: str, instant: bool = True) -> dict:
+        port = self.ports["prometheus"]
+        if instant:
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        else:
+            now = time.time()
+            params = {"query": expr, "start": now - 300, "end": now, "step": "5"}
+            url = f"http://127.0.0.1:{port}/api/v1/query_range?" + urllib.parse.urlencode(params)
+        status, body = http("GET", url)
+        payload = json.loads(body)
+        assert status == 200 and payload["status"] == "success", f"{expr}: {payload}"
+        return payload["data"]
+
+    def has_data(self, expr: str, instant: bool = True) -> bool:
+        data = self.query(expr, instant)
+        return bool(data["result"])
+
+    def targets(self) -> list[dict]:
+        status, body = http("GET", f"http://127.0.0.1:{self.ports['prometheus']}/api/v1/targets")
+        return json.loads(body)["data"]["activeTargets"]
+
+    def received_alerts(self) -> list[dict]:
+        return json.loads(http("GET", f"http://127.0.0.1:{self.ports['alert-receiver']}/alerts")[1])
+
+    def alertmanager_alerts(self) -> list[dict]:
+        return json.loads(http("GET", f"http://127.0.0.1:{self.ports['alertmanager']}/api/v2/alerts")[1])
+
+    def wait_for_delivery(self, alertname: str, timeout: float) -> dict:
+        def delivered():
+            found = [a for a in self.received_alerts() if a["alertname"] == alertname and a["status"] == "firing"]
+            return found[0] if found else None
+
+        return wait_for(delivered, timeout, f"{alertname} to reach the alert receiver", interval=1.0)
+
+
+def locust(host: str, scenario: str, duration: str, log: Path, users: int = 8, **env: str) -> Process:
+    """Start the project's locustfile headless against ``host`` (stop it, or let it run out)."""
+    return Process(
+        f"locust-{scenario}",
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless",
+            "-H",
+            host,
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            duration,
+            "--only-summary",
+            scenario,
+        ],
+        log,
+        env,
+    ).start()
