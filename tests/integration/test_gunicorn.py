@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,25 @@ def test_the_users_variables_choose_the_model(trained_mlruns, start_api, variabl
     health = json.loads(http("GET", server.url + "/health")[1])
     assert health["model"]["run_id"] == run_id
     assert health["model"]["version"] == "unregistered"
+
+
+def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
+    """Retraining in the running lab: every worker moves to the new version, and /metrics says so."""
+    mlruns = tmp_path / "mlruns"
+    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
+    server = start_api(mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "1"})
+    master, workers = server.process.pid, server.worker_pids()
+    assert json.loads(http("GET", server.url + "/health")[1])["model"]["version"] == "1"
+
+    subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
+
+    def every_answer_is_version_2():
+        versions = {json.loads(http("POST", server.url + "/predict", NORMAL)[1])["model"]["version"] for _ in range(20)}
+        return versions == {"2"}
+
+    wait_for(every_answer_is_version_2, 30, "both workers to serve version 2")
+    text = server.metrics()
+    assert 'model_version="2"' in text
+    assert metric_value(text, "hvs_model_loaded") == 1
+    assert server.process.pid == master and server.worker_pids() == workers  # No restart.
