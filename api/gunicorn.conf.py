@@ -54,7 +54,11 @@ loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
 def child_exit(server, worker):
-    """Drop the exited worker's live-gauge files so it no longer shows on /metrics."""
-    from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+    """Drop the exited worker's live gauges and fold its counts into the archive files.
 
-    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+    This does what prometheus-flask-exporter's mark_process_dead_on_child_exit does, and then
+    keeps the directory from growing with every replaced worker (see hvs_api.metrics_files).
+    """
+    from hvs_api.metrics_files import fold_dead_worker
+
+    fold_dead_worker(_metrics_dir, worker.pid)

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
+from hvs_api import metrics_files
 from hvs_api.features import LABELS
 from hvs_api.model import LoadedModel
 from hvs_api.schema import INVALID_REASONS
@@ -34,6 +35,14 @@ INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class _FoldAwareGunicornMetrics(GunicornInternalPrometheusMetrics):
+    """Reads the workers' files under the shared lock, so a fold in the master never shows half done."""
+
+    def generate_metrics(self, accept_header=None, names=None):
+        with metrics_files.locked(os.environ["PROMETHEUS_MULTIPROC_DIR"], exclusive=False):
+            return super().generate_metrics(accept_header, names)
 
 
 def multiprocess_mode() -> bool:
@@ -59,7 +68,7 @@ class ApiMetrics:
         # A registry per app keeps apps built by tests apart; in multiprocess mode the
         # exporter reads the workers' files at scrape time instead.
         self.registry = CollectorRegistry()
-        exporter_class = GunicornInternalPrometheusMetrics if multiprocess_mode() else PrometheusMetrics
+        exporter_class = _FoldAwareGunicornMetrics if multiprocess_mode() else PrometheusMetrics
         self.exporter = exporter_class(
             app=None,
             registry=self.registry,

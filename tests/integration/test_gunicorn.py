@@ -78,9 +78,9 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     assert predict_requests(text) == n + 11 + 1
     assert outcome(text, "Normal") == sent_normal + 7 + 10
     assert outcome(text, "Hazardous") == sent_hazardous + 4 + 5
-    # The killed worker's live gauges are gone, its counters stay.
-    assert not list(server.metrics_dir.glob(f"gauge_live*_{victim}.db"))
-    assert list(server.metrics_dir.glob(f"counter_{victim}.db"))
+    # The killed worker's files are gone: its live gauges dropped, its counts folded into the archive.
+    assert not list(server.metrics_dir.glob(f"*_{victim}.db"))
+    assert (server.metrics_dir / "counter_archive.db").exists()
 
 
 def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, start_api):
@@ -168,3 +168,32 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
     assert 'model_version="2"' in text
     assert metric_value(text, "hvs_model_loaded") == 1
     assert server.process.pid == master and server.worker_pids() == workers  # No restart.
+
+
+def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, start_api):
+    """Twenty worker deaths: the directory stays the size of the live server, every count stays."""
+    server = start_api(trained_mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "0"})
+    files_at_start = len(list(server.metrics_dir.glob("*.db")))
+    sent = 0
+    previous_total = 0.0
+    for _ in range(20):
+        predict_many(server, 2, 1)
+        sent += 3
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda v=victim: v not in server.worker_pids() and len(server.worker_pids()) == 2, 30, "a new worker")
+        total = predict_requests(server.metrics())
+        assert total >= previous_total  # Never goes down, whatever a scrape catches.
+        previous_total = total
+    text = server.metrics()
+    assert predict_requests(text) == sent
+    assert outcome(text, "Normal") == 40 and outcome(text, "Hazardous") == 20
+    # Master, two live workers and the archive: no file per dead worker.
+    files = sorted(p.name for p in server.metrics_dir.glob("*.db"))
+    assert len(files) <= files_at_start + 3 + 4, files
+    assert not [
+        f
+        for f in files
+        if f.split("_")[-1].removesuffix(".db")
+        not in {"archive", str(server.process.pid), *map(str, server.worker_pids())}
+    ]
