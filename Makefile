@@ -19,6 +19,9 @@ RESULTS ?= results
 BIN := $(VENV)/bin
 # Rebuilt whenever a dependency list changes.
 VENV_STAMP := $(VENV)/.installed
+# checkov, in a virtual environment of its own (see requirements-checkov.txt).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # The Compose specification's JSON schema, as the dclint package on npm ships it.
 DCLINT_VERSION := 3.1.0
 COMPOSE_SCHEMA := .cache/compose.schema.json
@@ -50,6 +53,11 @@ system-deps:
 	  fi; \
 	fi
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --disable-pip-version-check -q -r requirements-checkov.txt
+	touch $@
+
 $(COMPOSE_SCHEMA):
 	mkdir -p .cache/dclint
 	cd .cache/dclint && npm pack --silent dclint@$(DCLINT_VERSION) >/dev/null \
@@ -73,8 +81,12 @@ lint: $(VENV_STAMP)
 	$(BIN)/yamllint -c .yamllint.yml .
 
 .PHONY: test  ## install what is needed, lint, and run the whole test suite
-test: $(VENV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
-	COMPOSE_SCHEMA=$(COMPOSE_SCHEMA) $(BIN)/pytest $(PYTEST_ARGS)
+test: $(VENV_STAMP) $(CHECKOV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
+	COMPOSE_SCHEMA=$(COMPOSE_SCHEMA) CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards and runbook
+k8s: $(VENV_STAMP)
+	$(BIN)/python k8s/generate.py
 
 .PHONY: image  ## build the API image (needs a Docker engine)
 image:
@@ -111,6 +123,11 @@ load: $(VENV_STAMP)
 	$(BIN)/locust -f loadtest/locustfile.py --headless -H $(HOST) -u $(USERS) -r $(SPAWN_RATE) -t $(DURATION) \
 	  --csv $(RESULTS)/$(SCENARIO) --html $(RESULTS)/$(SCENARIO).html --only-summary $(SCENARIO)
 
+.PHONY: bench  ## benchmark /predict against a bare Flask app, mlflow models serve and the model call (results/bench.md)
+bench: $(VENV_STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
 .PHONY: clean  ## remove the virtual environment and caches (keeps ./mlruns)
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .cache .pytest_cache .ruff_cache

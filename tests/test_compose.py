@@ -15,7 +15,7 @@ from tests.support import ROOT, dockerfile_instructions
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
-OUR_IMAGE_TARGETS = {"api", "mlflow-ui", "loadtest"}
+OUR_IMAGE_TARGETS = {"server", "mlflow-ui", "loadtest"}
 # The services whose ports the lab publishes, and the port each listens on inside the network.
 LISTENS_ON = {
     "api": 5001,
@@ -98,7 +98,7 @@ def test_our_services_run_commands_the_image_has():
 
     for name, service in SERVICES.items():
         command = service.get("command")
-        if service.get("build", {}).get("target") == "api" and command:
+        if service.get("build", {}).get("target") == "server" and command:
             assert command[:2] == ["python", "-m"], name
             assert importlib.util.find_spec(command[2]) is not None, f"{name}: no module {command[2]}"
             assert name == "trainer" or name == "alert-receiver"

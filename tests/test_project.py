@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import DOCKERFILE, ROOT, dockerfile_instructions, image_cmd, image_env
+from tests.support import DOCKERFILE, ROOT, dockerfile_instructions, final_stage, image_cmd, image_env
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -56,6 +56,8 @@ def test_image_runs_as_non_root_with_a_healthcheck_and_the_serving_environment()
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     assert env["MLRUNS_DIR"] == "/app/mlruns" and env["PORT"] == "5001"
     assert image_cmd() == ["gunicorn", "--config", "gunicorn.conf.py"]
+    # The default build bakes in a champion, trained from the package's own generator.
+    assert ("RUN", "python -m hvs_api.train") in final_stage()
     assert (ROOT / "api" / "gunicorn.conf.py").exists()
 
 

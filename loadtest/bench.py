@@ -1,0 +1,457 @@
+"""`make bench`: the API against its peers, on this machine, measured side by side in one run.
+
+Servers, each with the API's gunicorn settings where it has them (2 workers, one inference
+thread per worker), all on 127.0.0.1 and all started before the first measurement:
+
+1. ``hello``: a bare Flask POST endpoint (loadtest/hello_app.py), the HTTP stack's floor;
+2. ``predict``: the API's ``/predict``, one record and a 100-record batch, metrics on;
+3. ``predict-nometrics``: the same with ``METRICS_ENABLED=false``;
+4. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;
+
+plus the in-process model call (the model's own limit). wrk (one thread, fixed connections)
+loads one target at a time, the targets interleaved round by round (A B C A B C ...), and the
+table gives the median of the rounds with their min and max. Server CPU per request comes from
+/proc (master and workers); RSS is per worker. Then the ``/metrics`` scrape is timed, the
+workers are replaced 500 times, and it is timed again.
+
+Usage: python -m loadtest.bench [--rounds N] [--duration S] [--connections C] [--restarts R]
+Writes results/bench.json and results/bench.md.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WORKERS = 2
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("wrk is missing: installing Debian's wrk package with apt-get")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"], check=True)
+        return shutil.which("wrk")
+    sys.exit("wrk is missing: install it (Debian/Ubuntu: sudo apt-get install wrk) and run make bench again")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a process that exits meanwhile is left out)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+    return [pid] + [p for child in children for p in process_tree(child)]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    cwd: Path
+    env: dict
+    port: int = field(default_factory=free_port)
+    ready_path: str = "/health"
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        # The virtual environment's bin first: mlflow starts uvicorn by name.
+        path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PATH": path}
+        command = [part.format(port=self.port) for part in self.command]
+        self.log = open(Path(tempfile.gettempdir()) / f"hvs-bench-{self.name}.log", "wb")  # Closed in stop().
+        self.process = subprocess.Popen(
+            command, cwd=self.cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                sys.exit(f"{self.name} exited; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # Any HTTP answer means it listens.
+            except OSError:
+                time.sleep(0.5)
+        sys.exit(f"{self.name} did not get ready; see {self.log.name}")
+
+    def pids(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+    def workers(self) -> list[int]:
+        return [p for p in self.pids() if p != self.process.pid]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@dataclass
+class Target:
+    name: str
+    server: Server
+    path: str
+    body: str
+    rows: int = 1
+
+
+def run_wrk(wrk: str, target: Target, duration: int, connections: int, workdir: Path) -> dict:
+    script = workdir / f"{target.name}.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{target.body}]==]\n'
+    )
+    url = f"http://127.0.0.1:{target.server.port}{target.path}"
+    before = cpu_seconds(target.server.pids())
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    used = cpu_seconds(target.server.pids()) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad or "Socket errors" in out:
+        sys.exit(f"{target.name}: errors during the run\n{out}")
+
+    def latency_ms(percent: str) -> float:
+        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "cpu_us_per_request": used / max(requests, 1) * 1e6,
+    }
+
+
+def in_process_call(model, row, batch, calls: int = 3000) -> dict:
+    """CPU per call of the bare model, as the API makes it (numpy in, predict_proba)."""
+    results = {}
+    for name, x, n in (("single", row, calls), ("batch100", batch, calls // 10)):
+        model.hazard_probability(x)
+        start_cpu, start = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            model.hazard_probability(x)
+        results[name] = {
+            "cpu_us_per_call": (time.process_time() - start_cpu) / n * 1e6,
+            "calls_per_s": n / (time.perf_counter() - start),
+        }
+    return results
+
+
+def scrape_ms(server: Server, times: int = 20) -> float:
+    import urllib.request
+
+    timings = []
+    for _ in range(times):
+        start = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
+            response.read()
+        timings.append((time.perf_counter() - start) * 1000)
+    return statistics.median(timings)
+
+
+def replace_workers(server: Server, restarts: int) -> None:
+    """Kill a worker and wait for its replacement, ``restarts`` times.
+
+    SIGKILL, as a crash would: a worker asked to stop gracefully first waits out its
+    one-second accept loop, which would make 500 restarts take ten minutes.
+    """
+    for _ in range(restarts):
+        victim = server.workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = server.workers()
+            if victim not in workers and len(workers) == WORKERS:
+                break
+            time.sleep(0.005)
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--restarts", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    args = parser.parse_args(argv)
+    wrk = ensure_wrk()
+
+    os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    workdir = Path(tempfile.mkdtemp(prefix="hvs-bench-"))
+    mlruns = workdir / "mlruns"
+    log(f"training the model into {mlruns}")
+    subprocess.run(
+        [sys.executable, "-m", "hvs_api.train"],
+        env={**os.environ, "MLRUNS_DIR": str(mlruns)},
+        check=True,
+        capture_output=True,
+    )
+    os.environ["MLRUNS_DIR"] = str(mlruns)
+    from hvs_api import data, model, store
+
+    champion = model.load(model.model_uri_from_env({}))
+    record = json.loads((ROOT / "test_payload.json").read_text())
+    batch = data.records(100, seed=11)
+
+    gunicorn = [str(BIN / "gunicorn"), "--config", str(ROOT / "api" / "gunicorn.conf.py")]
+    api_env = {"WORKERS": str(WORKERS), "MODEL_RELOAD_SECONDS": "0", "MLRUNS_DIR": str(mlruns)}
+    servers = {
+        "hello": Server(
+            "hello",
+            [*gunicorn, "loadtest.hello_app:app"],
+            ROOT,
+            {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m-hello")},
+            ready_path="/hello",
+        ),
+        "predict": Server(
+            "predict", gunicorn, ROOT / "api", {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m1")}
+        ),
+        "predict-nometrics": Server(
+            "predict-nometrics",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m2"), "METRICS_ENABLED": "false"},
+        ),
+        "mlflow-serve": Server(
+            "mlflow-serve",
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--workers",
+                str(WORKERS),
+            ],
+            ROOT,
+            {"MLFLOW_TRACKING_URI": store.tracking_uri(), "MLFLOW_REGISTRY_URI": store.tracking_uri()},
+            ready_path="/ping",
+        ),
+    }
+    targets = [
+        Target("hello", servers["hello"], "/hello", json.dumps({"ping": 1})),
+        Target("predict single", servers["predict"], "/predict", json.dumps(record)),
+        Target("predict single, metrics off", servers["predict-nometrics"], "/predict", json.dumps(record)),
+        Target(
+            "mlflow models serve single",
+            servers["mlflow-serve"],
+            "/invocations",
+            json.dumps({"dataframe_records": [record]}),
+        ),
+        Target("predict batch 100", servers["predict"], "/predict", json.dumps({"records": batch}), rows=100),
+    ]
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        log("servers ready; warming up")
+        for target in targets:
+            run_wrk(wrk, target, 1, args.connections, workdir)
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
+        for round_number in range(1, args.rounds + 1):
+            for target in targets:
+                result = run_wrk(wrk, target, args.duration, args.connections, workdir)
+                runs[target.name].append(result)
+                log(f"round {round_number}: {target.name:30s} {result['rps']:9.1f} req/s")
+        import numpy as np
+
+        x_one = np.array([[record[name] for name in data.FEATURE_NAMES]])
+        x_batch = np.array([[r[name] for name in data.FEATURE_NAMES] for r in batch])
+        model_call = in_process_call(champion, x_one, x_batch)
+        rss = {name: [round(rss_mib(pid), 1) for pid in server.workers()] for name, server in servers.items()}
+
+        predict = servers["predict"]
+        files_before = len(list((workdir / "m1").glob("*.db")))
+        scrape_before = scrape_ms(predict)
+        log(f"replacing the predict server's workers {args.restarts} times")
+        started = time.monotonic()
+        replace_workers(predict, args.restarts)
+        restart_seconds = time.monotonic() - started
+        files_after = len(list((workdir / "m1").glob("*.db")))
+        scrape_after = scrape_ms(predict)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    table = {name: {k: summary([r[k] for r in results]) for k in results[0]} for name, results in runs.items()}
+    rps = {name: row["rps"]["median"] for name, row in table.items()}
+    cpu = {name: row["cpu_us_per_request"]["median"] for name, row in table.items()}
+    overhead = cpu["predict single"] - model_call["single"]["cpu_us_per_call"]
+    checks = [
+        (
+            "/predict single vs mlflow models serve (throughput)",
+            rps["predict single"] / rps["mlflow models serve single"],
+            ">=",
+            5.0,
+        ),
+        ("own CPU overhead per request vs bare hello", overhead / cpu["hello"], "<=", 1.5),
+        (
+            "metrics on vs off (throughput lost)",
+            1 - rps["predict single"] / rps["predict single, metrics off"],
+            "<=",
+            0.05,
+        ),
+        ("batch 100 rows/s vs single rows/s", rps["predict batch 100"] * 100 / rps["predict single"], ">=", 20.0),
+        ("/metrics scrape, ms", scrape_before, "<=", 20.0),
+        (f"/metrics scrape after {args.restarts} restarts vs before", scrape_after / scrape_before, "<=", 1.5),
+    ]
+    results = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")
+                ),
+                platform.processor(),
+            ),
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "workers": WORKERS,
+            "model": champion.estimator.__class__.__name__,
+        },
+        "targets": table,
+        "model_call": model_call,
+        "worker_rss_mib": rss,
+        "scrape": {
+            "before_ms": scrape_before,
+            "after_ms": scrape_after,
+            "restarts": args.restarts,
+            "restart_seconds": restart_seconds,
+            "files_before": files_before,
+            "files_after": files_after,
+        },
+        "checks": [
+            {"check": c, "value": v, "target": f"{op} {t}", "met": v >= t if op == ">=" else v <= t}
+            for c, v, op, t in checks
+        ],
+    }
+    markdown = render(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "bench.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+def render(results: dict) -> str:
+    m, s = results["machine"], results["settings"]
+    lines = [
+        f"Machine: {m['cpus']} CPUs, {m['cpu']}, Python {m['python']}, {m['date']}. "
+        f"wrk -t1 -c{s['connections']}, {s['rounds']} interleaved rounds of {s['duration_s']} s, "
+        f"{s['workers']} workers per server, model {s['model']}.",
+        "",
+        "| target | req/s median (min–max) | rows/s | p50 ms | p99 ms | server CPU µs/request |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in results["targets"].items():
+        rows = 100 if "batch" in name else 1
+        r, cpu = row["rps"], row["cpu_us_per_request"]["median"]
+        lines.append(
+            f"| {name} | {r['median']:,.0f} ({r['min']:,.0f}–{r['max']:,.0f}) | {r['median'] * rows:,.0f} | "
+            f"{row['p50_ms']['median']:.2f} | {row['p99_ms']['median']:.2f} | {cpu:,.0f} |"
+        )
+    call = results["model_call"]
+    lines += [
+        f"| in-process model call, 1 row | {call['single']['calls_per_s']:,.0f} calls/s | | | | "
+        f"{call['single']['cpu_us_per_call']:,.0f} |",
+        f"| in-process model call, 100 rows | {call['batch100']['calls_per_s']:,.0f} calls/s | "
+        f"{call['batch100']['calls_per_s'] * 100:,.0f} | | | {call['batch100']['cpu_us_per_call']:,.0f} |",
+        "",
+        "Worker RSS (MiB): "
+        + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in results["worker_rss_mib"].items()),
+        "",
+        f"/metrics scrape: {results['scrape']['before_ms']:.1f} ms with {results['scrape']['files_before']} files, "
+        f"{results['scrape']['after_ms']:.1f} ms with {results['scrape']['files_after']} files after "
+        f"{results['scrape']['restarts']} worker restarts ({results['scrape']['restart_seconds']:.0f} s).",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for check in results["checks"]:
+        lines.append(
+            f"| {check['check']} | {check['value']:.3g} | {check['target']} | {'yes' if check['met'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
