@@ -123,3 +123,29 @@ def test_yaml_files_pass_yamllint():
     yamllint = str(Path(sys.executable).parent / "yamllint")
     result = subprocess.run([yamllint, "-c", ".yamllint.yml", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+EXTERNAL_CONFIG = ROOT / "alertmanager" / "alertmanager.external.yml"
+
+
+def test_external_notification_config_is_valid_and_the_lab_config_plus_slack_and_email():
+    result = run("amtool", "check-config", str(EXTERNAL_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    external = yaml.safe_load(EXTERNAL_CONFIG.read_text())
+    for receiver in external["receivers"]:
+        for slack in receiver.pop("slack_configs", []):
+            assert slack["api_url_file"].startswith("/run/secrets/") and "api_url" not in slack
+        for email in receiver.pop("email_configs", []):
+            assert email["auth_password_file"].startswith("/run/secrets/") and "auth_password" not in email
+    assert external == yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+
+
+def test_the_notify_override_mounts_the_secrets_the_config_reads():
+    override = yaml.safe_load((ROOT / "docker-compose.notify.yml").read_text())
+    alertmanager = override["services"]["alertmanager"]
+    assert f"--config.file=/etc/alertmanager/{EXTERNAL_CONFIG.name}" in alertmanager["command"]
+    read = set(re.findall(r"/run/secrets/(\w+)", EXTERNAL_CONFIG.read_text()))
+    assert read == set(alertmanager["secrets"]) == set(override["secrets"])
+    for secret in override["secrets"].values():
+        assert secret["file"].startswith("./secrets/")
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
