@@ -128,6 +128,12 @@ bench: $(VENV_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
+.PHONY: reliability  ## fuzzing, faults under load and restarts, then print their figures (results/reliability.json)
+reliability: $(VENV_STAMP) system-deps
+	rm -f $(RESULTS)/reliability.json
+	$(BIN)/pytest -m reliability -q $(PYTEST_ARGS)
+	@cat $(RESULTS)/reliability.json
+
 .PHONY: clean  ## remove the virtual environment and caches (keeps ./mlruns)
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .cache .pytest_cache .ruff_cache

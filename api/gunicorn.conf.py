@@ -1,7 +1,8 @@
 """gunicorn settings and hooks for the HVS Prediction API: the image's CMD and `make serve` use this file.
 
 Environment: HOST (0.0.0.0), PORT (5001), WORKERS (one per available CPU), INFERENCE_THREADS (1),
-PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds).
+PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds),
+MAX_REQUESTS (0: workers are never recycled).
 """
 
 import logging
@@ -42,6 +43,9 @@ worker_class = "sync"
 # (copy-on-write), so a worker that dies is replaced in milliseconds, not seconds.
 preload_app = True
 timeout = int(os.environ.get("TIMEOUT", "30"))
+# Recycle a worker after this many requests (0: never), with jitter so they don't all go at once.
+max_requests = int(os.environ.get("MAX_REQUESTS", "0"))
+max_requests_jitter = max_requests // 10
 # SIGTERM lets in-flight requests finish for this long before workers are killed.
 graceful_timeout = 20
 keepalive = 5

@@ -1,5 +1,6 @@
 """Fixtures for the tests that start real processes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,17 @@ def start_api(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+FIGURES = ROOT / "results" / "reliability.json"
+
+
+@pytest.fixture(scope="session")
+def figures():
+    """Figures the reliability tests measured; written to results/reliability.json at the end."""
+    collected: dict = {}
+    yield collected
+    if collected:
+        FIGURES.parent.mkdir(exist_ok=True)
+        previous = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
+        FIGURES.write_text(json.dumps({**previous, **collected}, indent=2) + "\n")

@@ -87,7 +87,7 @@ class Process:
     popen: subprocess.Popen | None = None
 
     def start(self) -> "Process":
-        handle = open(self.log, "wb")  # The child writes to it; closed in stop().
+        handle = open(self.log, "ab")  # The child writes to it; closed in stop().
         self.popen = subprocess.Popen(
             self.command,
             stdout=handle,
@@ -195,6 +195,15 @@ class Lab:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+    def restart(self, name: str, ready_path: str) -> int:
+        """Stop one program gracefully and start it again on the same data; return 1."""
+        [process] = [p for p in self.processes if p.name == name]
+        process.stop()
+        process.start()
+        url = f"http://127.0.0.1:{self.ports[name]}{ready_path}"
+        wait_for(lambda: self._ok(url), 60, f"{name} to come back")
+        return 1
 
     # Prometheus's HTTP API.
     def query(self, expr: str, instant: bool = True) -> dict:

@@ -1,5 +1,7 @@
 """Static checks of the files a newcomer and the image depend on, since no Docker engine runs here."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -92,3 +94,17 @@ def test_readme_feature_table_matches_the_features():
     for f in FEATURES:
         row = f"| `{f.name}` | {f.unit} | {f.description} | {f.minimum:g} to {f.maximum:g} |"
         assert row in readme, f"README's feature table is out of date: {row}"
+
+
+def test_checkov_passes_the_dockerfile():
+    checkov = os.environ.get("CHECKOV", str(ROOT / ".venv-checkov" / "bin" / "checkov"))
+    assert Path(checkov).exists(), f"{checkov} is missing: `make test` installs checkov in .venv-checkov"
+    result = subprocess.run(
+        [checkov, "-f", str(DOCKERFILE), "--framework", "dockerfile", "--output", "json", "--skip-download"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    report = json.loads(result.stdout)
+    assert report["results"]["failed_checks"] == [], [c["check_id"] for c in report["results"]["failed_checks"]]
+    assert report["summary"]["passed"] > 50

@@ -64,7 +64,12 @@ def _load_model(uri: str) -> ModelState:
 
 def _json_error(error: HTTPException):
     name = (error.name or "error").lower().replace(" ", "_")
-    return jsonify({"error": name, "message": error.description}), error.code
+    response = jsonify({"error": name, "message": error.description})
+    response.status_code = error.code
+    # A 405 says which methods would do (RFC 9110), as Werkzeug's own answer does.
+    if getattr(error, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
 
 
 def _internal_error(error: Exception):
@@ -84,8 +89,11 @@ def _start_in_this_process():
 
 
 def _security_headers(response):
+    # A JSON API: nothing to sniff, cache, frame or load into a page.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
     return response
 
 

@@ -62,9 +62,12 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                     "responses": {
                         "200": {"description": "Predictions", "content": _json("PredictResponse")},
                         "400": _error_response("Malformed JSON or a body of the wrong shape"),
-                        "413": _error_response("Body or batch too large"),
+                        "413": _error_response("Body larger than the limit"),
                         "415": _error_response("Content-Type is not application/json"),
-                        "422": _error_response("A field is missing, unknown, of the wrong type or out of range"),
+                        "422": _error_response(
+                            "A field is missing, unknown, of the wrong type or out of range, or the batch is empty "
+                            "or too large"
+                        ),
                         "503": _error_response("No model is loaded"),
                     },
                 }

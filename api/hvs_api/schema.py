@@ -169,7 +169,7 @@ def validate(payload: object, max_records: int) -> Features:
             raise refuse(422, "empty_batch", "'records' must hold at least one record", "records")
         if len(records) > max_records:
             raise refuse(
-                413, "batch_too_large", f"a batch holds at most {max_records} records, got {len(records)}", "records"
+                422, "batch_too_large", f"a batch holds at most {max_records} records, got {len(records)}", "records"
             )
         is_batch = True
         paths = [f"records[{i}]" for i in range(len(records))]

@@ -108,7 +108,7 @@ def test_batch_limit_is_configurable(champion, payloads):
     client = create_app({"TESTING": True, "MODEL": champion, "MAX_BATCH_RECORDS": 2}).test_client()
     assert client.post("/predict", json={"records": [payloads["Normal"]] * 2}).status_code == 200
     response = client.post("/predict", json={"records": [payloads["Normal"]] * 3})
-    assert response.status_code == 413 and response.json["error"] == "batch_too_large"
+    assert response.status_code == 422 and response.json["error"] == "batch_too_large"
 
 
 def test_without_a_model_the_api_stays_up_and_says_how_to_train(payloads, tmp_path, monkeypatch, caplog):
@@ -175,6 +175,9 @@ def test_errors_never_leak_a_stack_trace(champion, payloads):
 def test_security_headers(client):
     response = client.get("/health")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert "Server" not in response.headers or "Werkzeug" not in response.headers["Server"]
 
 
 def test_fault_injection_is_off_unless_switched_on(champion, payloads):

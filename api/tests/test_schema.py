@@ -70,7 +70,7 @@ def test_problems_in_a_batch_name_the_record():
         ({"records": GOOD}, 400, "invalid_shape"),
         ({"records": [GOOD, 1]}, 400, "invalid_shape"),
         ({"records": []}, 422, "empty_batch"),
-        ({"records": [GOOD] * 11}, 413, "batch_too_large"),
+        ({"records": [GOOD] * 11}, 422, "batch_too_large"),
         ({"records": [GOOD], "extra": 1}, 422, "unknown_field"),
         ({}, 422, "missing_field"),
     ],
