@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, free_port, http, wait_for
+from tests.support import ROOT, free_port, http, stop_process_group, wait_for
 
 # `for:` durations and Alertmanager's timings shrink by this factor (1m -> 2s, 5m -> 10s). Not
 # further: Prometheus only starts scraping after its first 5-second discovery round, and a 5s
@@ -100,13 +100,8 @@ class Process:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen and self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+        if self.popen:
+            stop_process_group(self.popen, sig)
         if getattr(self, "_handle", None):
             self._handle.close()
 
