@@ -108,3 +108,12 @@ def test_checkov_passes_the_dockerfile():
     report = json.loads(result.stdout)
     assert report["results"]["failed_checks"] == [], [c["check_id"] for c in report["results"]["failed_checks"]]
     assert report["summary"]["passed"] > 50
+
+
+def test_the_mlflow_ui_stage_serves_the_lab_store_lightly():
+    stages = re.split(r"^FROM ", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    [ui] = [s for s in stages if s.startswith("base AS mlflow-ui")]
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in ui
+    cmd = json.loads(re.search(r"^CMD (.+)$", ui, re.MULTILINE).group(1))
+    assert cmd[:2] == ["mlflow", "ui"] and cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:////app/mlruns/mlflow.db"
