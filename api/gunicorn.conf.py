@@ -26,8 +26,9 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 # directory is set before the app (and prometheus_client) is imported. Dead workers' counts
 # stay there (folded into archive files, see child_exit), which keeps counts exact after a
 # worker dies, but also means a directory left over from an earlier server would add its
-# counts to ours: it is emptied when a new server starts. gunicorn re-reads this file on SIGHUP, in the same master process, and must
-# not empty the directory then: the master's pid marks that it has already done so.
+# counts to ours: it is emptied when a new server starts. gunicorn re-reads this file on
+# SIGHUP, in the same master process, and must not empty the directory then: the master's pid
+# marks that it has already done so.
 _metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/hvs-api-metrics")
 if os.environ.get("HVS_METRICS_DIR_OWNER") != str(os.getpid()):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
