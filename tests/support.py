@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "api" / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
@@ -108,6 +110,19 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, tim
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def predict_ok(text: str) -> float:
+    """/predict requests answered 200, from a /metrics page."""
+    return metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="200")
+
+
+def rule_groups(folder: Path = ROOT / "prometheus" / "rules") -> list[dict]:
+    """The rule groups of every rule file in a folder, in file order."""
+    groups = []
+    for path in sorted(folder.glob("*.yml")):
+        groups += yaml.safe_load(path.read_text())["groups"]
+    return groups
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):

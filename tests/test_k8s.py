@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, rule_groups
 
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -101,10 +101,7 @@ def test_service_monitor_is_the_users_and_produces_the_compose_job(objects):
 def test_prometheus_rule_holds_the_compose_rules_and_passes_promtool(objects, tmp_path):
     rule = one(objects, "PrometheusRule", "hvs-api")
     assert rule["metadata"]["labels"]["release"] == "prometheus"
-    groups = []
-    for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
-        groups += yaml.safe_load(path.read_text())["groups"]
-    assert rule["spec"]["groups"] == groups
+    assert rule["spec"]["groups"] == rule_groups()
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True)

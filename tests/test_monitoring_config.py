@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, rule_groups
 
 PROMETHEUS = ROOT / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
@@ -18,11 +18,7 @@ ALERTMANAGER_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 
 def rules(kind: str) -> list[dict]:
     """Every rule of one kind ("alert" or "record") across the rule files."""
-    found = []
-    for path in RULE_FILES:
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            found += [rule for rule in group["rules"] if kind in rule]
-    return found
+    return [rule for group in rule_groups() for rule in group["rules"] if kind in rule]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:

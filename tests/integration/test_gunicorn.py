@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hvs_api import store
-from tests.support import ROOT, http, metric_value, wait_for
+from tests.support import ROOT, http, metric_value, predict_ok, wait_for
 
 NORMAL = json.loads((ROOT / "test_payload.json").read_text())
 HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
@@ -25,10 +25,6 @@ def predict_many(server, normal: int, hazardous: int) -> None:
 
 def outcome(text: str, label: str) -> float:
     return metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text=label)
-
-
-def predict_requests(text: str) -> float:
-    return metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="200")
 
 
 def pids_with_files(metrics_dir: Path) -> set[int]:
@@ -63,7 +59,7 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
         assert sent_normal < 600, "requests never reached both workers"
     n = sent_normal + sent_hazardous
     text = server.metrics()
-    assert predict_requests(text) == n
+    assert predict_ok(text) == n
     assert (outcome(text, "Normal"), outcome(text, "Hazardous")) == (sent_normal, sent_hazardous)
 
     victim = workers[0]
@@ -75,7 +71,7 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     status, _ = http("POST", server.url + "/predict", {"records": [NORMAL] * 10 + [HAZARDOUS] * 5})
     assert status == 200
     text = server.metrics()
-    assert predict_requests(text) == n + 11 + 1
+    assert predict_ok(text) == n + 11 + 1
     assert outcome(text, "Normal") == sent_normal + 7 + 10
     assert outcome(text, "Hazardous") == sent_hazardous + 4 + 5
     # The killed worker's files are gone: its live gauges dropped, its counts folded into the archive.
@@ -88,7 +84,7 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
     predict_many(server, 2, 2)
     text = server.metrics()
     # The series the user's PromQL selects, label for label.
-    assert predict_requests(text) == 4
+    assert predict_ok(text) == 4
     assert 'flask_http_request_duration_seconds_bucket{endpoint="/predict",handler="api.predict"' in text
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Hazardous") == 2
     assert metric_value(text, "app_info", version="1.0.0") == 1
@@ -182,11 +178,11 @@ def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, star
         victim = server.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda v=victim: v not in server.worker_pids() and len(server.worker_pids()) == 2, 30, "a new worker")
-        total = predict_requests(server.metrics())
+        total = predict_ok(server.metrics())
         assert total >= previous_total  # Never goes down, whatever a scrape catches.
         previous_total = total
     text = server.metrics()
-    assert predict_requests(text) == sent
+    assert predict_ok(text) == sent
     assert outcome(text, "Normal") == 40 and outcome(text, "Hazardous") == 20
     # Master, two live workers and the archive: no file per dead worker.
     files = sorted(p.name for p in server.metrics_dir.glob("*.db"))

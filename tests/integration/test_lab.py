@@ -2,10 +2,9 @@
 alert receiver and the project's Locust scenarios, all from the files Compose mounts."""
 
 import pytest
-import yaml
 
 from tests.lab import Lab, locust
-from tests.support import panel_queries, wait_for
+from tests.support import panel_queries, rule_groups, wait_for
 
 # The user's queries from the original design, exactly as written.
 USERS_QUERIES = [
@@ -47,11 +46,7 @@ def alert_state(lab: Lab, alertname: str) -> str | None:
 
 def recording_rules(lab: Lab) -> set[str]:
     return {
-        rule["record"]
-        for rule_file in (lab.workdir / "rules").glob("*.yml")
-        for group in yaml.safe_load(rule_file.read_text())["groups"]
-        for rule in group["rules"]
-        if "record" in rule
+        rule["record"] for group in rule_groups(lab.workdir / "rules") for rule in group["rules"] if "record" in rule
     }
 
 

@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Lab, locust
-from tests.support import ROOT, http, metric_value, wait_for
+from tests.support import ROOT, http, metric_value, predict_ok, wait_for
 
 pytestmark = pytest.mark.reliability
 NORMAL = json.loads((ROOT / "test_payload.json").read_text())
 FUZZ_CASES = 150
-
-
-def predict_total(server) -> float:
-    return metric_value(server.metrics(), "flask_http_request_total", endpoint="/predict", method="POST", status="200")
 
 
 def test_fuzzing_from_the_openapi_description(trained_mlruns, start_api, figures, tmp_path):
@@ -70,7 +66,7 @@ def test_a_worker_killed_under_load_loses_only_its_requests(trained_mlruns, star
     totals, killed = [], []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        totals.append(predict_total(server))
+        totals.append(predict_ok(server.metrics()))
         if len(totals) == 10:
             victim = server.worker_pids()[0]
             os.kill(victim, signal.SIGKILL)
@@ -108,7 +104,7 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
     started = time.perf_counter()
     text = server.metrics()
     scrape_after = time.perf_counter() - started
-    assert predict_total(server) == 600
+    assert predict_ok(server.metrics()) == 600
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == 600
     assert restarts == 2
     recycled = int(600 / 25)  # About: jitter moves each worker's limit by up to 10 %.
