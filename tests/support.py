@@ -1,5 +1,6 @@
 """Helpers for tests that start real processes: free ports, the API under gunicorn, HTTP calls."""
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from http.client import HTTPResponse
 from pathlib import Path
 
 import yaml
@@ -85,6 +87,37 @@ def http(method: str, url: str, body: object = None, timeout: float = 10.0) -> t
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+@dataclass
+class HeldRequest:
+    """A request held open on one worker; ``status`` and ``body`` are set once it completes."""
+
+    status: int = 0
+    body: bytes = b""
+
+
+@contextlib.contextmanager
+def one_worker_held(port: int, payload: object):
+    """Sends half of a ``POST /predict`` body, so that one sync worker sits reading it.
+
+    Every request made inside the block then goes to another worker: a deterministic way to
+    reach both workers of a two-worker server, where a run of sequential requests may all be
+    accepted by the same one. The rest of the body is sent on leaving the block.
+    """
+    body = json.dumps(payload).encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    held = HeldRequest()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body[: len(body) // 2])
+        yield held
+        sock.sendall(body[len(body) // 2 :])
+        response = HTTPResponse(sock)
+        response.begin()
+        held.status, held.body = response.status, response.read()
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hvs_api import store
-from tests.support import ROOT, http, metric_value, predict_ok, wait_for
+from tests.support import ROOT, http, metric_value, one_worker_held, predict_ok, wait_for
 
 NORMAL = json.loads((ROOT / "test_payload.json").read_text())
 HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
@@ -51,12 +51,12 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     workers = server.worker_pids()
     assert len(workers) == 2
 
-    # Keep sending until both workers have served (and so written) predictions.
-    sent_normal = sent_hazardous = 0
-    while not set(workers) <= pids_with_files(server.metrics_dir):
+    # One worker reads a held Normal record while the other serves the rest: both count.
+    with one_worker_held(server.port, NORMAL) as held:
         predict_many(server, 3, 2)
-        sent_normal, sent_hazardous = sent_normal + 3, sent_hazardous + 2
-        assert sent_normal < 600, "requests never reached both workers"
+    assert held.status == 200
+    assert set(workers) <= pids_with_files(server.metrics_dir)
+    sent_normal, sent_hazardous = 4, 2
     n = sent_normal + sent_hazardous
     text = server.metrics()
     assert predict_ok(text) == n
@@ -156,7 +156,10 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
 
     def every_answer_is_version_2():
-        versions = {json.loads(http("POST", server.url + "/predict", NORMAL)[1])["model"]["version"] for _ in range(20)}
+        # The held request is answered by one worker, the others by the second one.
+        with one_worker_held(server.port, NORMAL) as held:
+            answers = [http("POST", server.url + "/predict", NORMAL)[1] for _ in range(5)]
+        versions = {json.loads(body)["model"]["version"] for body in [*answers, held.body]}
         return versions == {"2"}
 
     wait_for(every_answer_is_version_2, 30, "both workers to serve version 2")
