@@ -88,12 +88,19 @@ def _start_in_this_process():
     watcher().ensure_started()
 
 
+# A JSON API: nothing to sniff, cache, frame or load into a page.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("X-Frame-Options", "DENY"),
+)
+
+
 def _security_headers(response):
-    # A JSON API: nothing to sniff, cache, frame or load into a page.
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-    response.headers.setdefault("X-Frame-Options", "DENY")
+    # No view sets any of these, so they are appended in one call rather than looked up
+    # one by one (a quarter of the cost, on every response).
+    response.headers.extend(SECURITY_HEADERS)
     return response
 
 

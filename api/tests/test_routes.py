@@ -180,6 +180,21 @@ def test_security_headers(client):
     assert "Server" not in response.headers or "Werkzeug" not in response.headers["Server"]
 
 
+def test_every_response_carries_each_security_header_once(client, payloads):
+    responses = [
+        client.post("/predict", json=payloads["Normal"]),
+        client.post("/predict", data="{", content_type="application/json"),
+        client.get("/predict"),
+        client.get("/no-such-page"),
+        client.get("/metrics"),
+        client.get("/openapi.json"),
+    ]
+    for response in responses:
+        for name in ("X-Content-Type-Options", "Cache-Control", "Content-Security-Policy", "X-Frame-Options"):
+            assert len(response.headers.getlist(name)) == 1, (response.request.path, name)
+        assert response.headers["Cache-Control"] == "no-store"
+
+
 def test_fault_injection_is_off_unless_switched_on(champion, payloads):
     off = create_app({"TESTING": True, "MODEL": champion}).test_client()
     assert off.post("/predict", json=payloads["Normal"], headers={"X-Inject-Fault": "1"}).status_code == 200
