@@ -63,6 +63,43 @@ def test_built_in_kinds_pass_the_schema_strictly(objects):
     assert checked >= 9
 
 
+def crd_problems(obj: dict) -> str | None:
+    """What prometheus-operator's CRD schema refuses in a custom resource, or None.
+
+    The models are generated from the CRDs: types, enums and patterns are checked when an
+    object is parsed. They ignore fields they do not know, so a round trip that loses or
+    changes anything shows a field the CRD does not have.
+    """
+    from cloudcoil.models.prometheus_operator import v1, v1alpha1
+    from pydantic import ValidationError
+
+    modules = {"monitoring.coreos.com/v1": v1, "monitoring.coreos.com/v1alpha1": v1alpha1}
+    model = getattr(modules[obj["apiVersion"]], obj["kind"])
+    try:
+        parsed = model.model_validate(obj)
+    except ValidationError as error:
+        return str(error)
+    round_trip = json.loads(parsed.model_dump_json(by_alias=True, exclude_unset=True))
+    return None if round_trip == obj else f"fields the CRD does not know: {obj} became {round_trip}"
+
+
+def test_custom_resources_pass_the_operators_crd_schemas(objects):
+    checked = set()
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert crd_problems(obj) is None, crd_problems(obj)
+            checked.add(obj["kind"])
+    assert checked == {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
+
+
+def test_the_crd_check_catches_a_misspelt_field_and_a_bad_duration(objects):
+    monitor = one(objects, "ServiceMonitor", "hvs-api-monitor")
+    misspelt = {**monitor, "spec": {**monitor["spec"], "endpoint": monitor["spec"]["endpoints"]}}
+    assert "the CRD does not know" in crd_problems(misspelt)
+    bad_interval = {**monitor, "spec": {**monitor["spec"], "endpoints": [{"port": "http-api", "interval": "15 s"}]}}
+    assert "interval" in crd_problems(bad_interval)
+
+
 def test_every_object_is_labelled_and_namespaced(objects):
     for obj in objects:
         labels = obj["metadata"].get("labels", {})
