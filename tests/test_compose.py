@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support import ROOT, dockerfile_instructions
+from tests.support import ROOT, dockerfile_instructions, image_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
@@ -176,3 +176,11 @@ def test_fault_injection_is_on_only_in_the_compose_lab():
     from hvs_api import DEFAULTS
 
     assert DEFAULTS["FAULT_INJECTION_ENABLED"] is False
+
+
+def test_the_apis_metric_files_and_heartbeat_are_in_memory():
+    metrics_dir = Path(image_env()["PROMETHEUS_MULTIPROC_DIR"])
+    memory = [Path(m) for m in SERVICES["api"].get("tmpfs", [])]
+    assert any(metrics_dir.is_relative_to(m) for m in memory), (metrics_dir, memory)
+    # gunicorn keeps its worker heartbeat files in the default temporary folder.
+    assert Path("/tmp") in memory
