@@ -159,7 +159,7 @@ def test_grafana_provisioning_matches_its_mounts():
     assert home.startswith(dashboards_path + "/") and (ROOT / "grafana/dashboards" / Path(home).name).exists()
     env = grafana["environment"]
     assert (env["GF_AUTH_ANONYMOUS_ENABLED"], env["GF_AUTH_ANONYMOUS_ORG_ROLE"], env["GF_USERS_ALLOW_SIGN_UP"]) == (
-        "true",
+        "${GRAFANA_ANONYMOUS_VIEWERS:-true}",
         "Viewer",
         "false",
     )
