@@ -90,8 +90,19 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
     started = time.perf_counter()
     server.metrics()
     scrape_before = time.perf_counter() - started
-    for _ in range(600):
-        assert http("POST", server.url + "/predict", NORMAL)[0] == 200
+    # Two clients at once keep both workers busy: one client's sequential requests may all
+    # be accepted by the same worker, leaving the other one never recycled.
+    statuses: list[int] = []
+
+    def client():
+        statuses.extend(http("POST", server.url + "/predict", NORMAL)[0] for _ in range(300))
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=120)
+    assert statuses == [200] * 600
     restarts = len(first_workers - set(server.worker_pids()))
 
     def only_live_files():
