@@ -13,6 +13,7 @@ workers would inherit the old model.
 import logging
 import os
 import threading
+import time
 
 from hvs_api import model as model_loading
 from hvs_api import store
@@ -39,7 +40,6 @@ class ModelWatcher:
         self.uri = uri
         self.interval = interval
         self._pid: int | None = None
-        self._stop = threading.Event()
 
     @property
     def watching(self) -> bool:
@@ -54,7 +54,8 @@ class ModelWatcher:
         threading.Thread(target=self._run, name="model-watcher", daemon=True).start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             self.check_once()
 
     def check_once(self) -> bool:
@@ -76,6 +77,3 @@ class ModelWatcher:
         self.metrics.model_changed(loaded, previous=current)
         log.info("now serving %s version %s (run %s)", loaded.name, loaded.version, loaded.run_id)
         return True
-
-    def stop(self) -> None:
-        self._stop.set()
