@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, free_port, http, stop_process_group, wait_for
+from tests.support import ROOT, answers_200, free_port, http, stop_process_group, wait_for
 
 # `for:` durations and Alertmanager's timings shrink by this factor (1m -> 2s, 5m -> 10s). Not
 # further: Prometheus only starts scraping after its first 5-second discovery round, and a 5s
@@ -177,15 +177,8 @@ class Lab:
         )
         for name, path in (("alert-receiver", "/health"), ("alertmanager", "/-/ready"), ("prometheus", "/-/ready")):
             url = f"http://127.0.0.1:{self.ports[name]}{path}"
-            wait_for(lambda url=url: self._ok(url), 60, f"{name} at {url}")
+            wait_for(lambda url=url: answers_200(url), 60, f"{name} at {url}")
         return self
-
-    @staticmethod
-    def _ok(url: str) -> bool:
-        try:
-            return http("GET", url, timeout=2)[0] == 200
-        except OSError:
-            return False
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -197,7 +190,7 @@ class Lab:
         process.stop()
         process.start()
         url = f"http://127.0.0.1:{self.ports[name]}{ready_path}"
-        wait_for(lambda: self._ok(url), 60, f"{name} to come back")
+        wait_for(lambda: answers_200(url), 60, f"{name} to come back")
         return 1
 
     # Prometheus's HTTP API.

@@ -89,6 +89,14 @@ def http(method: str, url: str, body: object = None, timeout: float = 10.0) -> t
         return error.code, error.read()
 
 
+def answers_200(url: str) -> bool:
+    """True when a GET of ``url`` answers 200; False while nothing listens there yet."""
+    try:
+        return http("GET", url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 @dataclass
 class HeldRequest:
     """A request held open on one worker; ``status`` and ``body`` are set once it completes."""
@@ -211,14 +219,26 @@ class ApiServer:
     def _answers(self, path: str) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}")
-        try:
-            return http("GET", self.url + path, timeout=2)[0] == 200
-        except OSError:
-            return False
+        return answers_200(self.url + path)
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return sorted(int(pid) for pid in children)
+
+    def kill_worker(self) -> int:
+        """SIGKILL one worker and wait until the master has replaced it; return its pid."""
+        victim = self.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: victim not in self.worker_pids() and len(self.worker_pids()) == self.workers, 30, "a new worker"
+        )
+        return victim
+
+    def metric_files_of_dead_processes(self) -> list[str]:
+        """Files in the metrics directory that belong to neither a live process nor the archive."""
+        live = {"archive", str(self.process.pid), *map(str, self.worker_pids())}
+        names = sorted(p.name for p in self.metrics_dir.glob("*.db"))
+        return [name for name in names if name.split("_")[-1].removesuffix(".db") not in live]
 
     def metrics(self) -> str:
         status, body = http("GET", self.url + "/metrics")

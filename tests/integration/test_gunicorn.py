@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +61,8 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     assert predict_ok(text) == n
     assert (outcome(text, "Normal"), outcome(text, "Hazardous")) == (sent_normal, sent_hazardous)
 
-    victim = workers[0]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, 30, "a new worker")
+    victim = server.kill_worker()
+    assert victim == workers[0]
     wait_for(lambda: http("GET", server.url + "/ready")[0] == 200, 30, "readiness after the restart")
 
     predict_many(server, 7, 4)
@@ -178,9 +176,7 @@ def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, star
     for _ in range(20):
         predict_many(server, 2, 1)
         sent += 3
-        victim = server.worker_pids()[0]
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda v=victim: v not in server.worker_pids() and len(server.worker_pids()) == 2, 30, "a new worker")
+        server.kill_worker()
         total = predict_ok(server.metrics())
         assert total >= previous_total  # Never goes down, whatever a scrape catches.
         previous_total = total
@@ -190,9 +186,4 @@ def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, star
     # Master, two live workers and the archive: no file per dead worker.
     files = sorted(p.name for p in server.metrics_dir.glob("*.db"))
     assert len(files) <= files_at_start + 3 + 4, files
-    assert not [
-        f
-        for f in files
-        if f.split("_")[-1].removesuffix(".db")
-        not in {"archive", str(server.process.pid), *map(str, server.worker_pids())}
-    ]
+    assert server.metric_files_of_dead_processes() == []

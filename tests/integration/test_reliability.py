@@ -107,9 +107,9 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
 
     def only_live_files():
         # A worker that has just served its last request is folded once the master reaps it.
-        live = {"archive", str(server.process.pid), *map(str, server.worker_pids())}
-        names = sorted(p.name for p in server.metrics_dir.glob("*.db"))
-        return names if all(n.split("_")[-1].removesuffix(".db") in live for n in names) else None
+        if server.metric_files_of_dead_processes():
+            return None
+        return sorted(p.name for p in server.metrics_dir.glob("*.db"))
 
     files = wait_for(only_live_files, 15, "the last recycled worker to be folded")
     started = time.perf_counter()
