@@ -127,6 +127,12 @@ class Server:
                 time.sleep(0.5)
         sys.exit(f"{self.name} did not get ready; see {self.log.name}")
 
+    def metrics(self) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
+            return response.read()
+
     def pids(self) -> list[int]:
         return process_tree(self.process.pid)
 
@@ -199,15 +205,12 @@ def in_process_call(model, row, batch, calls: int = 3000) -> dict:
 
 
 def scrape_ms(server: Server, times: int = 40, warm_up: int = 10) -> float:
-    import urllib.request
-
     timings = []
     # Freshly forked workers pay for their first scrapes (pages copied on first write,
     # files opened): those are left out, before and after the restarts alike.
     for i in range(warm_up + times):
         start = time.perf_counter()
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
-            response.read()
+        server.metrics()
         if i >= warm_up:
             timings.append((time.perf_counter() - start) * 1000)
     return statistics.median(timings)
@@ -215,10 +218,7 @@ def scrape_ms(server: Server, times: int = 40, warm_up: int = 10) -> float:
 
 def inference_totals(server: Server) -> tuple[float, float]:
     """``(sum, count)`` of the API's own model-call histogram, from its /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = server.metrics().decode()
     found = dict(re.findall(r"^hvs_model_inference_duration_seconds_(sum|count) (\S+)$", text, re.MULTILINE))
     return float(found["sum"]), float(found["count"])
 
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 # run_wrk, so these two scrapes do not count in the server's CPU).
                 before = inference_totals(target.server) if target.name == "predict single" else None
                 result = run_wrk(wrk, target, args.duration, args.connections, workdir)
-                if before:
+                if before is not None:
                     after = inference_totals(target.server)
                     model_in_server.append((after[0] - before[0]) / (after[1] - before[1]) * 1e6)
                 runs[target.name].append(result)
