@@ -21,6 +21,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "api" / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
+# The user's two example payloads.
+NORMAL = json.loads((ROOT / "test_payload.json").read_text())
+HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
 
 
 def free_port() -> int:
@@ -41,8 +44,8 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return pairs
 
 
-def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
-    """The instructions that make the image's last stage, with those of the stages it builds on."""
+def final_stage(path: Path = DOCKERFILE, target: str | None = None) -> list[tuple[str, str]]:
+    """The instructions that make a stage (by default the last), with those of the stages it builds on."""
     stages: dict[str, tuple[str, list]] = {}
     current: list = []
     for keyword, rest in dockerfile_instructions(path):
@@ -51,7 +54,7 @@ def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
             current = []
             stages[name.strip() or f"stage{len(stages)}"] = (base.strip(), current)
         current.append((keyword, rest))
-    chain, name = [], list(stages)[-1]
+    chain, name = [], target or list(stages)[-1]
     while name in stages:
         base, instructions = stages[name]
         chain = instructions + chain
@@ -59,10 +62,10 @@ def final_stage(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return chain
 
 
-def image_env(path: Path = DOCKERFILE) -> dict[str, str]:
-    """The ``ENV`` variables the image sets."""
+def image_env(path: Path = DOCKERFILE, target: str | None = None) -> dict[str, str]:
+    """The ``ENV`` variables a stage of the image (by default the last) sets."""
     env = {}
-    for keyword, rest in final_stage(path):
+    for keyword, rest in final_stage(path, target):
         if keyword == "ENV":
             for item in shlex.split(rest):
                 key, _, value = item.partition("=")
@@ -292,3 +295,20 @@ def panel_queries(rate_interval: str = "1m") -> list[PanelQuery]:
                     )
                 )
     return queries
+
+
+def run_id_of(mlruns: Path, candidate: str) -> str:
+    """The id of the training run of one candidate in a store."""
+    from hvs_api import store
+
+    previous = os.environ.get("MLRUNS_DIR")
+    os.environ["MLRUNS_DIR"] = str(mlruns)
+    try:
+        client = store.client()
+        experiment = client.get_experiment_by_name(store.EXPERIMENT).experiment_id
+        [run] = client.search_runs([experiment], f"attributes.run_name = '{candidate}'")
+        return run.info.run_id
+    finally:
+        os.environ.pop("MLRUNS_DIR")
+        if previous is not None:
+            os.environ["MLRUNS_DIR"] = previous

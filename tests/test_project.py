@@ -63,6 +63,20 @@ def test_image_runs_as_non_root_with_a_healthcheck_and_the_serving_environment()
     assert (ROOT / "api" / "gunicorn.conf.py").exists()
 
 
+def test_each_image_gets_only_the_environment_its_process_reads():
+    # The MLflow UI creates prometheus_client metrics at import: with the API's
+    # PROMETHEUS_MULTIPROC_DIR it went into multiprocess mode on a missing folder and crashed.
+    server_only = {"PROMETHEUS_MULTIPROC_DIR", "MLRUNS_DIR", "PORT", "OMP_NUM_THREADS", "INFERENCE_THREADS"}
+    assert server_only <= image_env(target="server").keys()
+    for target in ("mlflow-ui", "loadtest"):
+        assert not server_only & image_env(target=target).keys(), target
+
+
+def test_the_dockerfile_builds_without_a_registry():
+    # A `# syntax=` line makes BuildKit pull its frontend image before it reads the file.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.IGNORECASE | re.MULTILINE)
+
+
 def test_hadolint_is_clean():
     result = subprocess.run([VENV_BIN / "hadolint", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
