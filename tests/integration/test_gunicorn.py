@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hvs_api import store
-from tests.support import ROOT, http, metric_value, one_worker_held, predict_ok, wait_for
-
-NORMAL = json.loads((ROOT / "test_payload.json").read_text())
-HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
+from tests.support import HAZARDOUS, NORMAL, http, metric_value, one_worker_held, predict_ok, run_id_of, wait_for
 
 
 def predict_many(server, normal: int, hazardous: int) -> None:
@@ -28,21 +24,6 @@ def outcome(text: str, label: str) -> float:
 
 def pids_with_files(metrics_dir: Path) -> set[int]:
     return {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("counter_*.db")}
-
-
-def run_id_of(mlruns: Path, candidate: str) -> str:
-    """The id of the training run of one candidate in a store."""
-    previous = os.environ.get("MLRUNS_DIR")
-    os.environ["MLRUNS_DIR"] = str(mlruns)
-    try:
-        client = store.client()
-        experiment = client.get_experiment_by_name(store.EXPERIMENT).experiment_id
-        [run] = client.search_runs([experiment], f"attributes.run_name = '{candidate}'")
-        return run.info.run_id
-    finally:
-        os.environ.pop("MLRUNS_DIR")
-        if previous is not None:
-            os.environ["MLRUNS_DIR"] = previous
 
 
 def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, start_api):

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Lab, locust
-from tests.support import ROOT, http, metric_value, predict_ok, wait_for
+from tests.support import NORMAL, http, metric_value, predict_ok, wait_for
 
 pytestmark = pytest.mark.reliability
-NORMAL = json.loads((ROOT / "test_payload.json").read_text())
 FUZZ_CASES = 150
 
 
