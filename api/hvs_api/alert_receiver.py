@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import urllib.parse
 from collections import deque
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -85,6 +86,16 @@ def _page(title: str, body: str, refresh: bool = False) -> bytes:
     ).encode()
 
 
+def runbook_link(url: str) -> str:
+    """The link to a runbook section from this page: our own copy when the URL names /runbook.
+
+    The rules' absolute runbook URLs assume the receiver's default port; its own page links
+    its own /runbook, so that the link works wherever the receiver is published.
+    """
+    parts = urllib.parse.urlsplit(url)
+    return f"/runbook#{parts.fragment}" if parts.path == "/runbook" else url
+
+
 def render_alerts(alerts: list[dict]) -> bytes:
     rows = "".join(
         "<tr>"
@@ -93,7 +104,7 @@ def render_alerts(alerts: list[dict]) -> bytes:
         f"<td>{html.escape(a['route'])}</td><td>{html.escape(a['severity'])}</td>"
         f"<td>{html.escape(a['alertname'])}</td><td>{html.escape(a['summary'])}</td>"
         f"<td>{html.escape(a['description'])}</td>"
-        f"<td><a href='{html.escape(a['runbook_url'], quote=True)}'>runbook</a></td>"
+        f"<td><a href='{html.escape(runbook_link(a['runbook_url']), quote=True)}'>runbook</a></td>"
         "</tr>"
         for a in alerts
     )

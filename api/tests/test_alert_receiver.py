@@ -59,6 +59,13 @@ def test_notifications_are_kept_listed_and_logged(receiver, capsys):
     assert json.loads(capsys.readouterr().out.strip())["alertname"] == "HvsApiDown"
     page = call(receiver + "/")[1]
     assert "HvsApiDown" in page and "<script>" not in page and "&lt;script&gt;" in page
+    # The receiver's own runbook, whatever port it is published on.
+    assert "href='/runbook#hvsapidown'" in page
+
+
+def test_runbooks_elsewhere_are_linked_as_they_are():
+    url = "https://wiki.example.org/runbooks#hvsapidown"
+    assert alert_receiver.runbook_link(url) == url
 
 
 def test_only_the_newest_are_kept(receiver):
