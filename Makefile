@@ -42,16 +42,9 @@ $(VENV_STAMP): api/requirements.txt requirements-dev.txt pyproject.toml
 .PHONY: venv  ## create .venv with the pinned runtime and test dependencies
 venv: $(VENV_STAMP)
 
-.PHONY: system-deps  ## install promtool from Debian's packages when missing (as root), else say what to install
+.PHONY: system-deps  ## install promtool, amtool and the container stage's engine and browser from Debian (as root)
 system-deps:
-	@if ! command -v promtool >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager; \
-	  else \
-	    echo "promtool is missing: install Debian's 'prometheus' and 'prometheus-alertmanager' packages" \
-	         "(sudo apt-get install --no-install-recommends prometheus prometheus-alertmanager)"; exit 1; \
-	  fi; \
-	fi
+	tests/system-deps.sh
 
 $(CHECKOV_STAMP): requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -84,6 +77,10 @@ lint: $(VENV_STAMP)
 test: $(VENV_STAMP) $(CHECKOV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
 	COMPOSE_SCHEMA=$(COMPOSE_SCHEMA) CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: test-container  ## only the container stage: the lab under a real Docker engine (tests/container/)
+test-container: $(VENV_STAMP) system-deps
+	$(BIN)/pytest tests/container $(PYTEST_ARGS)
+
 .PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards and runbook
 k8s: $(VENV_STAMP)
 	$(BIN)/python k8s/generate.py
@@ -95,7 +92,7 @@ image:
 .PHONY: up  ## start the whole lab with docker compose and print its URLs
 up:
 	$(COMPOSE) up -d --build
-	@echo "HVS lab is starting (the first start trains the model):"
+	@echo "HVS lab is starting (the first start trains the model); default ports, .env's HVS_*_PORT move them:"
 	@echo "  Grafana        http://localhost:3000   (dashboards, no login needed)"
 	@echo "  Prometheus     http://localhost:9090"
 	@echo "  Alertmanager   http://localhost:9093"

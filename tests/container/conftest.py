@@ -1,0 +1,75 @@
+"""Fixtures of the container stage: the engine, the base images and the Compose lab."""
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.container import browser as browsers
+from tests.container.compose import ComposeLab
+from tests.container.engine import Engine, EngineUnavailable, ImageOrigin, base_images, ensure_image
+from tests.support import ROOT
+
+RESULTS = ROOT / "results"
+CACHE = ROOT / ".cache" / "container"
+_IMAGES: list[ImageOrigin] = []
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.container)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _IMAGES:
+        terminalreporter.write_sep("-", "container stage: base images")
+        for image in _IMAGES:
+            terminalreporter.write_line(str(image))
+
+
+def unavailable(reason: str):
+    """Skip the stage with one line saying why and how to enable it; in CI, where it must run, fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"container stage: {reason}")
+    pytest.skip(f"container stage skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """A Docker engine for the session; without one the stage skips itself (in CI it fails)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            yield stack.enter_context(Engine(RESULTS / "dockerd.log"))
+        except EngineUnavailable as reason:
+            unavailable(str(reason))
+
+
+@pytest.fixture(scope="session")
+def images(engine) -> list[ImageOrigin]:
+    """Every base image the lab's files name: present, pulled, or built here as a stand-in."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if not _IMAGES:
+        _IMAGES.extend(ensure_image(tag, CACHE) for tag in base_images())
+    return _IMAGES
+
+
+@pytest.fixture(scope="session")
+def lab(images):
+    """The Compose lab under a project, ports and image tag of the test's own; removed afterwards."""
+    lab = ComposeLab()
+    yield lab
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "container-lab.log").write_text(lab.compose("logs", "--no-color", "--timestamps").stdout)
+    lab.down()
+
+
+@pytest.fixture(scope="session")
+def browser(engine):
+    """One headless Chromium for the page checks."""
+    if reason := browsers.missing():
+        unavailable(reason)
+    with browsers.chromium() as driver:
+        yield driver

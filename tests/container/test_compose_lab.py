@@ -1,0 +1,307 @@
+"""The lab as a user runs it: `docker compose build` and `up` from the committed files, then
+what the README promises of it, each step its own test. The steps run in file order on one lab
+(a step that needs an earlier one says so when that one failed)."""
+
+import json
+import re
+import time
+import urllib.parse
+
+import pytest
+import yaml
+from selenium.webdriver.common.by import By
+
+from tests.container.browser import page_shows, text
+from tests.container.compose import compose_default, failure, services
+from tests.support import (
+    HAZARDOUS,
+    NORMAL,
+    ROOT,
+    http,
+    metric_value,
+    one_worker_held,
+    predict_ok,
+    rule_groups,
+    wait_for,
+)
+
+MODEL_RELOAD_SECONDS = float(compose_default("MODEL_RELOAD_SECONDS"))
+API_WORKERS = int(compose_default("API_WORKERS"))
+MODEL_NAME = "hvs-hazard-classifier"
+# The steps that later ones build on; a later step fails at once, naming the one that failed.
+_done: set[str] = set()
+
+
+def after(*steps: str) -> None:
+    missing = [step for step in steps if step not in _done]
+    if missing:
+        pytest.fail(f"needs the earlier step(s) {missing}, which failed")
+
+
+def ready_version(lab) -> str:
+    status, body = http("GET", lab.url("api") + "/ready")
+    assert status == 200, body
+    return json.loads(body)["model"]["version"]
+
+
+def champion_in_registry(lab) -> str:
+    """The champion alias's version, from the MLflow server's REST API (the UI container)."""
+    query = urllib.parse.urlencode({"name": MODEL_NAME, "alias": "champion"})
+    status, body = http("GET", f"{lab.url('mlflow')}/api/2.0/mlflow/registered-models/alias?{query}")
+    assert status == 200, body
+    return json.loads(body)["model_version"]["version"]
+
+
+def test_images_build_from_the_committed_files(lab):
+    result = lab.compose("build", timeout=1200)
+    assert result.returncode == 0, failure(result, "docker compose build")
+    _done.add("build")
+
+
+def test_every_service_becomes_healthy_and_the_trainer_exits_0(lab):
+    after("build")
+    # Two load generators, as `docker compose up --scale locust-worker=2` gives.
+    result = lab.up("--scale", "locust-worker=2")
+    states = {(c["Service"], c["State"], c.get("Health", ""), c.get("ExitCode")) for c in lab.containers()}
+    assert result.returncode == 0, failure(result, "docker compose up --wait") + f"\n{sorted(states)}"
+    trainer = [s for s in states if s[0] == "trainer"]
+    assert trainer == [("trainer", "exited", "", 0)], trainer
+    unhealthy = [s for s in states if s[0] != "trainer" and (s[1], s[2]) != ("running", "healthy")]
+    assert not unhealthy, f"not running and healthy: {unhealthy}"
+    assert {s[0] for s in states} == set(services())
+    assert "BEST_MLFLOW_RUN_ID=" in lab.logs("trainer"), "the first start trains a champion"
+    _done.add("up")
+
+
+def test_the_users_payloads_are_predicted_and_counted(lab):
+    after("up")
+    api = lab.url("api")
+    for payload, label in ((NORMAL, "Normal"), (HAZARDOUS, "Hazardous")):
+        status, body = http("POST", api + "/predict", payload)
+        assert status == 200, body
+        assert json.loads(body)["prediction"]["label"] == label
+    metrics = http("GET", api + "/metrics")[1].decode()
+    assert predict_ok(metrics) == 2
+    for label in ("Normal", "Hazardous"):
+        assert metric_value(metrics, "hvs_api_prediction_outcomes_total", predicted_label_text=label) == 1
+
+
+def test_prometheus_scrapes_the_lab_and_every_rule_is_healthy(lab):
+    after("up")
+    prometheus = lab.url("prometheus")
+
+    def targets_up():
+        body = json.loads(http("GET", prometheus + "/api/v1/targets")[1])
+        health = {t["labels"]["job"]: t["health"] for t in body["data"]["activeTargets"]}
+        return health if all(health.get(job) == "up" for job in ("hvs-api", "prometheus", "alertmanager")) else None
+
+    wait_for(targets_up, 60, "the API, Prometheus and Alertmanager targets to be up", interval=2)
+
+    def rules():
+        body = json.loads(http("GET", prometheus + "/api/v1/rules")[1])
+        found = [r for g in body["data"]["groups"] for r in g["rules"]]
+        return found if found and all(r["health"] == "ok" for r in found) else None
+
+    healthy = wait_for(rules, 60, "every rule to be evaluated without error", interval=2)
+    assert len(healthy) == sum(len(group["rules"]) for group in rule_groups())
+
+
+def test_a_locust_swarm_from_the_web_ui_reaches_prometheus(lab):
+    after("up")
+    locust = lab.url("locust")
+    wait_for(lambda: len(json.loads(http("GET", locust + "/stats/requests")[1])["workers"]) == 2, 60, "2 workers")
+    # What the web UI's Start button posts, with the class picker's choice.
+    form = urllib.parse.urlencode(
+        {"user_count": 4, "spawn_rate": 4, "host": "http://api:5001", "user_classes": "SteadyUser"}
+    ).encode()
+    status, body = _post_form(locust + "/swarm", form)
+    assert status == 200 and json.loads(body)["success"], body
+    try:
+        query = 'sum(rate(flask_http_request_total{job="hvs-api", endpoint="/predict"}[1m]))'
+        wait_for(lambda: [r for r in lab.prometheus(query) if float(r["value"][1]) > 0], 90, "a /predict rate > 0")
+        stats = json.loads(http("GET", locust + "/stats/requests")[1])
+    finally:
+        _post_form(locust + "/stop", b"")
+    [total] = [s for s in stats["stats"] if s["name"] == "Aggregated"]
+    assert total["num_requests"] > 0 and total["num_failures"] == 0, total
+    assert stats["user_count"] == 4
+
+
+def _post_form(url: str, form: bytes) -> tuple[int, bytes]:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=form, method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.read()
+
+
+def test_retrain_moves_the_champion_and_every_worker_serves_it_without_a_restart(lab):
+    after("up")
+    old = ready_version(lab)
+    started = lab.inspect("api")["State"]["StartedAt"]
+    result = lab.run("make", "retrain", timeout=900)
+    assert result.returncode == 0, failure(result, "make retrain")
+    promoted = time.monotonic()
+    new = champion_in_registry(lab)
+    assert int(new) == int(old) + 1, (old, new)
+
+    def both_workers_answer(version: str) -> bool:
+        # One request held half-sent on one sync worker, so the other answers meanwhile.
+        with one_worker_held(lab.ports["api"], NORMAL) as held:
+            status, body = http("POST", lab.url("api") + "/predict", NORMAL)
+        versions = {json.loads(b)["prediction"]["model_version"] for b in (body, held.body)}
+        return status == held.status == 200 and versions == {version}
+
+    wait_for(lambda: both_workers_answer(new), MODEL_RELOAD_SECONDS + 30, f"both workers to serve version {new}")
+    assert time.monotonic() - promoted < MODEL_RELOAD_SECONDS + 30
+    state = lab.inspect("api")["State"]
+    assert state["StartedAt"] == started and state["Status"] == "running", "the API was restarted"
+
+    def info_in_prometheus():
+        values = {r["metric"]["model_version"]: float(r["value"][1]) for r in lab.prometheus("hvs_model_info")}
+        return values if values.get(new) == 1 and values.get(old) == 0 else None
+
+    wait_for(info_in_prometheus, 60, f"hvs_model_info: version {new} at 1 and {old} at 0", interval=2)
+    _done.add("retrain")
+
+
+def inhibited_by_api_down() -> re.Pattern:
+    """The alert names Alertmanager holds back while HvsApiDown fires (alertmanager.yml)."""
+    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    [rule] = [r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="HvsApiDown"']]
+    [matcher] = rule["target_matchers"]
+    return re.compile(re.fullmatch(r'alertname=~"(.+)"', matcher).group(1))
+
+
+def test_stopping_the_api_delivers_hvsapidown_and_holds_back_what_it_inhibits(lab):
+    after("up")
+    result = lab.compose("stop", "api")
+    assert result.returncode == 0, failure(result, "docker compose stop api")
+    receiver = lab.url("alert-receiver")
+
+    def delivered():
+        alerts = json.loads(http("GET", receiver + "/alerts")[1])
+        return [a for a in alerts if a["alertname"] == "HvsApiDown" and a["status"] == "firing"]
+
+    # `for: 1m` after the first failed scrape (15 s apart), then the page route's 10 s group_wait.
+    [down] = wait_for(delivered, 180, "HvsApiDown at the alert receiver", interval=3)
+    assert down["route"] == "pages" and down["severity"] == "critical"
+    inhibited = inhibited_by_api_down()
+    received = {a["alertname"] for a in json.loads(http("GET", receiver + "/alerts")[1])}
+    assert not {name for name in received if inhibited.fullmatch(name)}, received
+    # Whatever of those is active in Alertmanager is marked as inhibited by HvsApiDown.
+    active = json.loads(http("GET", lab.url("alertmanager") + "/api/v2/alerts")[1])
+    for alert in active:
+        if inhibited.fullmatch(alert["labels"]["alertname"]):
+            assert alert["status"]["state"] == "suppressed" and alert["status"]["inhibitedBy"], alert
+    _done.add("api-down")
+
+
+# Real browser checks of the pages the lab serves: what the page shows, with a screenshot of
+# each under results/screenshots/.
+
+
+def test_the_alert_receivers_page_shows_hvsapidown_and_links_its_runbook_section(lab, browser):
+    after("api-down")
+    browser.get(lab.url("alert-receiver"))
+
+    def down_row(driver):
+        rows = driver.find_elements(By.XPATH, "//tr[td[normalize-space()='HvsApiDown'] and td[@class='firing']]")
+        return rows[0] if rows else None
+
+    row = page_shows(browser, down_row, 20, "a firing HvsApiDown row", "alert-receiver")
+    link = row.find_element(By.LINK_TEXT, "runbook")
+    browser.get(link.get_attribute("href"))
+    section = page_shows(browser, lambda d: d.find_elements(By.ID, "hvsapidown"), 10, "#hvsapidown", "runbook")[0]
+    assert section.is_displayed() and section.text == "HvsApiDown"
+
+
+def test_prometheus_alerts_page_lists_every_rule_and_hvsapidown_firing(lab, browser):
+    after("api-down")
+    browser.get(lab.url("prometheus"))
+    # Through the navigation bar, as a user goes (the page's path differs between UIs).
+    page_shows(browser, lambda d: d.find_elements(By.LINK_TEXT, "Alerts"), 20, "an Alerts link", "prometheus")
+    browser.find_element(By.LINK_TEXT, "Alerts").click()
+    names = sorted(r["alert"] for g in rule_groups() for r in g["rules"] if "alert" in r)
+
+    def every_alert(driver):
+        shown = text(driver)
+        return "HvsApiDown (1 active)" in shown and all(name in shown for name in names)
+
+    page_shows(browser, every_alert, 20, f"{names} with HvsApiDown active", "prometheus-alerts")
+
+
+def test_the_locust_ui_offers_every_scenario_and_both_shapes(lab, browser):
+    after("up")
+    loadtest = ROOT / "loadtest"
+    scenarios = re.findall(r"^class (\w+)\(PredictionUser\)", (loadtest / "locustfile.py").read_text(), re.M)
+    shapes = [
+        m for f in sorted(loadtest.glob("shapes/*.py")) for m in re.findall(r"^class (\w+)\(", f.read_text(), re.M)
+    ]
+    assert len(scenarios) == 3 and len(shapes) == 2, (scenarios, shapes)
+    browser.get(lab.url("locust"))
+
+    def form_or_new_button(driver):
+        buttons = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip().upper() == "NEW"]
+        return "Start new load test" in text(driver) or buttons
+
+    # After a run the page shows that run's statistics, and its New button opens the form again.
+    if isinstance(shown := page_shows(browser, form_or_new_button, 20, "the start form", "locust-home"), list):
+        shown[0].click()
+
+    def picker(driver):
+        shown = text(driver)
+        if "User Classes" not in shown or "Shape Class" not in shown:
+            return False
+        users, _, shape_part = shown.partition("User Classes")[2].partition("Shape Class")
+        return all(s in users for s in scenarios) and all(s in shape_part for s in shapes)
+
+    page_shows(browser, picker, 20, f"the class picker with {scenarios} and {shapes}", "locust")
+
+
+def test_the_mlflow_ui_shows_the_runs_and_the_champion_alias(lab, browser):
+    after("retrain")
+    from hvs_api.train import CANDIDATES
+
+    browser.get(lab.url("mlflow"))
+    experiment = page_shows(
+        browser, lambda d: d.find_elements(By.LINK_TEXT, MODEL_NAME), 30, "the experiment", "mlflow-home"
+    )[0]
+    browser.get(experiment.get_attribute("href"))
+    runs = page_shows(browser, lambda d: d.find_elements(By.LINK_TEXT, "Training runs"), 30, "its runs", "mlflow-exp")
+    browser.get(runs[0].get_attribute("href"))
+    names = [c.name for c in CANDIDATES]
+    page_shows(browser, lambda d: all(n in text(d) for n in names), 30, f"the runs {names}", "mlflow-runs")
+    champion = champion_in_registry(lab)
+
+    def alias_on_champion(driver):
+        shown = text(driver)
+        return "@ champion" in shown.partition(f"Version {champion}")[2].partition("Version ")[0]
+
+    browser.get(f"{lab.url('mlflow')}/#/models/{MODEL_NAME}")
+    page_shows(browser, alias_on_champion, 30, f"version {champion} with the champion alias", "mlflow-model")
+
+
+def test_down_then_up_keeps_the_model_and_does_not_train_again(lab):
+    after("up")
+    champion = champion_in_registry(lab)
+    result = lab.compose("down", "--timeout", "10")
+    assert result.returncode == 0, failure(result, "docker compose down")
+    result = lab.up()
+    assert result.returncode == 0, failure(result, "docker compose up after down")
+    assert "not training" in lab.logs("trainer")
+    assert ready_version(lab) == champion
+
+
+def test_make_reset_forgets_the_model_and_the_next_up_trains(lab):
+    after("up")
+    result = lab.run("make", "reset")
+    assert result.returncode == 0, failure(result, "make reset")
+    project = f"label=com.docker.compose.project={lab.project}"
+    volumes = lab.run("docker", "volume", "ls", "--quiet", "--filter", project).stdout.split()
+    assert volumes == [], f"make reset left the project's volumes {volumes}"
+    result = lab.up()
+    assert result.returncode == 0, failure(result, "docker compose up after make reset")
+    assert "BEST_MLFLOW_RUN_ID=" in lab.logs("trainer")
+    assert ready_version(lab) == "1"
