@@ -188,8 +188,7 @@ def ensure_minbase(cache: Path) -> None:
         check=True,
         capture_output=True,
     )
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    docker("import", "-", MINBASE, stdin=tar.stdout)
-    tar.wait()
+    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
+        docker("import", "-", MINBASE, stdin=tar.stdout)
     shutil.rmtree(rootfs)
     print(f"stand-in base {MINBASE} built in {time.monotonic() - started:.0f} s")
