@@ -17,10 +17,12 @@ _IMAGES: list[ImageOrigin] = []
 
 
 def pytest_collection_modifyitems(items):
+    """Mark the stage's tests, and run them last: the fast feedback of the rest comes first."""
     here = Path(__file__).parent
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.container)
+    items.sort(key=lambda item: here in item.path.parents)
 
 
 def pytest_terminal_summary(terminalreporter):
