@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from tests.support import ROOT
 RESULTS = ROOT / "results"
 CACHE = ROOT / ".cache" / "container"
 _IMAGES: list[ImageOrigin] = []
+# When the stage began (its engine set-up), for the report's wall-time line.
+_STARTED: list[float] = []
 
 
 def pytest_collection_modifyitems(items):
@@ -30,6 +33,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "container stage: base images")
         for image in _IMAGES:
             terminalreporter.write_line(str(image))
+    if _STARTED:
+        minutes, seconds = divmod(round(time.monotonic() - _STARTED[0]), 60)
+        terminalreporter.write_line(f"container stage: {minutes} min {seconds} s from its engine set-up to the end")
 
 
 def unavailable(reason: str):
@@ -42,6 +48,7 @@ def unavailable(reason: str):
 @pytest.fixture(scope="session")
 def engine():
     """A Docker engine for the session; without one the stage skips itself (in CI it fails)."""
+    _STARTED.append(time.monotonic())
     with contextlib.ExitStack() as stack:
         try:
             yield stack.enter_context(Engine(RESULTS / "dockerd.log"))
