@@ -80,11 +80,16 @@ def _internal_error(error: Exception):
 
 def _start_in_this_process():
     # gunicorn forks workers from the master that built the app: each worker publishes its
-    # model's metrics and starts its own watcher thread on its first request.
+    # model's metrics and starts its own watcher thread on its first request. A worker forked
+    # after a promotion (a crash, MAX_REQUESTS) starts with the master's older model, so it
+    # first asks the registry which version the alias names: one query per new worker, and
+    # check_once publishes the model it loads (the old version's series at 0).
     state = model_state()
     if state.published_pid != os.getpid():
         state.published_pid = os.getpid()
-        api_metrics().model_changed(state.model)
+        model_watcher = watcher()
+        if not (model_watcher.watching and model_watcher.check_once()):
+            api_metrics().model_changed(state.model)
     watcher().ensure_started()
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,35 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
     assert 'model_version="2"' in text
     assert metric_value(text, "hvs_model_loaded") == 1
     assert server.process.pid == master and server.worker_pids() == workers  # No restart.
+
+
+def test_workers_forked_after_a_promotion_serve_the_new_champion_from_their_first_request(tmp_path, start_api):
+    """A replaced worker starts from the master's preloaded model; it must not answer with it."""
+    mlruns = tmp_path / "mlruns"
+    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
+    # No poll during the test: only the new workers' own start can find version 2.
+    server = start_api(mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "3600"})
+    subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
+    for _ in range(server.workers):
+        server.kill_worker()
+    # Every worker is now one forked after the promotion; their first answers must be version 2.
+    with one_worker_held(server.port, NORMAL) as held:
+        status, body = http("POST", server.url + "/predict", NORMAL)
+    assert status == held.status == 200
+    versions = [json.loads(answer)["prediction"]["model_version"] for answer in (body, held.body)]
+    assert versions == ["2", "2"]
+    info = model_info(server.metrics())
+    assert info == {"1": 0.0, "2": 1.0}, info
+
+
+def model_info(text: str) -> dict[str, float]:
+    """``{model_version: value}`` of the hvs_model_info series in a /metrics page."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("hvs_model_info{"):
+            found[re.search(r'model_version="([^"]*)"', line).group(1)] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, start_api):
