@@ -3,7 +3,6 @@
 import contextlib
 import shutil
 import tempfile
-from pathlib import Path
 
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -68,7 +67,3 @@ def page_shows(driver, predicate, timeout: float, what: str, screenshot: str):
 def text(driver) -> str:
     """What the page shows: the visible text of its body."""
     return driver.find_element("tag name", "body").text
-
-
-def screenshot_path(name: str) -> Path:
-    return SCREENSHOTS / f"{name}.png"

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import yaml
 
-from tests.container.engine import COMPOSE_FILE, NOT_STARTED
+from tests.container.engine import COMPOSE_FILE, NOT_STARTED, docker
 from tests.support import ROOT, free_port, http
 
 # The tag of the images the test builds, so that the user's own (`latest`) stay as they are.
@@ -79,9 +79,7 @@ class ComposeLab:
 
     def inspect(self, service: str) -> dict:
         [container] = [c for c in self.containers() if c["Service"] == service]
-        return json.loads(
-            subprocess.run(["docker", "inspect", container["ID"]], capture_output=True, text=True).stdout
-        )[0]
+        return json.loads(docker("inspect", container["ID"]).stdout)[0]
 
     def logs(self, service: str) -> str:
         return self.compose("logs", "--no-color", service).stdout

@@ -6,11 +6,13 @@ import json
 import re
 import time
 import urllib.parse
+import urllib.request
 
 import pytest
 import yaml
 from selenium.webdriver.common.by import By
 
+from hvs_api.store import MODEL_NAME
 from tests.container.browser import page_shows, text
 from tests.container.compose import compose_default, failure, services
 from tests.support import (
@@ -27,7 +29,6 @@ from tests.support import (
 
 MODEL_RELOAD_SECONDS = float(compose_default("MODEL_RELOAD_SECONDS"))
 API_WORKERS = int(compose_default("API_WORKERS"))
-MODEL_NAME = "hvs-hazard-classifier"
 # The steps that later ones build on; a later step fails at once, naming the one that failed.
 _done: set[str] = set()
 
@@ -128,8 +129,6 @@ def test_a_locust_swarm_from_the_web_ui_reaches_prometheus(lab):
 
 
 def _post_form(url: str, form: bytes) -> tuple[int, bytes]:
-    import urllib.request
-
     request = urllib.request.Request(url, data=form, method="POST")
     request.add_header("Content-Type", "application/x-www-form-urlencoded")
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -145,6 +144,9 @@ def test_retrain_moves_the_champion_and_every_worker_serves_it_without_a_restart
     promoted = time.monotonic()
     new = champion_in_registry(lab)
     assert int(new) == int(old) + 1, (old, new)
+
+    # Holding one request reaches the other worker: every worker, when there are two.
+    assert API_WORKERS == 2, API_WORKERS
 
     def both_workers_answer(version: str) -> bool:
         # One request held half-sent on one sync worker, so the other answers meanwhile.
