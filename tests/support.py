@@ -131,6 +131,14 @@ def one_worker_held(port: int, payload: object):
         held.status, held.body = response.status, response.read()
 
 
+def answers_of_both_workers(port: int, payload: object) -> list[tuple[int, bytes]]:
+    """``(status, body)`` of one ``POST /predict`` answered by each worker of a two-worker server:
+    one request held half-sent on one worker, another answered by the other meanwhile."""
+    with one_worker_held(port, payload) as held:
+        answer = http("POST", f"http://127.0.0.1:{port}/predict", payload)
+    return [answer, (held.status, held.body)]
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of the series ``name{labels}`` in a /metrics page (labels must match exactly)."""
     for line in text.splitlines():

@@ -84,13 +84,12 @@ def _start_in_this_process():
     # after a promotion (a crash, MAX_REQUESTS) starts with the master's older model, so it
     # first asks the registry which version the alias names: one query per new worker, and
     # check_once publishes the model it loads (the old version's series at 0).
-    state = model_state()
+    state, model_watcher = model_state(), watcher()
     if state.published_pid != os.getpid():
         state.published_pid = os.getpid()
-        model_watcher = watcher()
         if not (model_watcher.watching and model_watcher.check_once()):
             api_metrics().model_changed(state.model)
-    watcher().ensure_started()
+    model_watcher.ensure_started()
 
 
 # A JSON API: nothing to sniff, cache, frame or load into a page.

@@ -19,9 +19,9 @@ from tests.support import (
     HAZARDOUS,
     NORMAL,
     ROOT,
+    answers_of_both_workers,
     http,
     metric_value,
-    one_worker_held,
     predict_ok,
     rule_groups,
     wait_for,
@@ -149,11 +149,9 @@ def test_retrain_moves_the_champion_and_every_worker_serves_it_without_a_restart
     assert API_WORKERS == 2, API_WORKERS
 
     def both_workers_answer(version: str) -> bool:
-        # One request held half-sent on one sync worker, so the other answers meanwhile.
-        with one_worker_held(lab.ports["api"], NORMAL) as held:
-            status, body = http("POST", lab.url("api") + "/predict", NORMAL)
-        versions = {json.loads(b)["prediction"]["model_version"] for b in (body, held.body)}
-        return status == held.status == 200 and versions == {version}
+        answers = answers_of_both_workers(lab.ports["api"], NORMAL)
+        versions = {json.loads(body)["prediction"]["model_version"] for _, body in answers}
+        return all(status == 200 for status, _ in answers) and versions == {version}
 
     wait_for(lambda: both_workers_answer(new), MODEL_RELOAD_SECONDS + 30, f"both workers to serve version {new}")
     assert time.monotonic() - promoted < MODEL_RELOAD_SECONDS + 30

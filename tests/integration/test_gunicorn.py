@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HAZARDOUS, NORMAL, http, metric_value, one_worker_held, predict_ok, run_id_of, wait_for
+from tests.support import (
+    HAZARDOUS,
+    NORMAL,
+    answers_of_both_workers,
+    http,
+    metric_value,
+    one_worker_held,
+    predict_ok,
+    run_id_of,
+    wait_for,
+)
 
 
 def predict_many(server, normal: int, hazardous: int) -> None:
@@ -160,10 +170,9 @@ def test_workers_forked_after_a_promotion_serve_the_new_champion_from_their_firs
     for _ in range(server.workers):
         server.kill_worker()
     # Every worker is now one forked after the promotion; their first answers must be version 2.
-    with one_worker_held(server.port, NORMAL) as held:
-        status, body = http("POST", server.url + "/predict", NORMAL)
-    assert status == held.status == 200
-    versions = [json.loads(answer)["prediction"]["model_version"] for answer in (body, held.body)]
+    answers = answers_of_both_workers(server.port, NORMAL)
+    assert [status for status, _ in answers] == [200, 200]
+    versions = [json.loads(body)["prediction"]["model_version"] for _, body in answers]
     assert versions == ["2", "2"]
     info = model_info(server.metrics())
     assert info == {"1": 0.0, "2": 1.0}, info
