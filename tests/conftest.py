@@ -4,11 +4,27 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import ROOT, ApiServer
+
+# Fixtures that start real processes or train a store: a test using one is an integration test.
+SLOW_FIXTURES = {"trained_mlruns", "start_api"}
+
+
+def pytest_collection_modifyitems(items):
+    """Refuse a test that starts real processes without the `integration` marker, so that
+    `pytest -m "not integration"` stays the fast subset."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("integration")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests `integration` (they start real processes): {unmarked}")
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +66,17 @@ FIGURES = ROOT / "results" / "reliability.json"
 
 @pytest.fixture(scope="session")
 def figures():
-    """Figures the reliability tests measured; written to results/reliability.json at the end."""
+    """Figures the reliability tests measured in this run, written to results/reliability.json
+    at its end in place of any earlier run's, with the commit and time of the run."""
     collected: dict = {}
     yield collected
     if collected:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        run = {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": commit.stdout.strip() + ("+uncommitted" if dirty.strip() else ""),
+            "tests": sorted(collected),
+        }
         FIGURES.parent.mkdir(exist_ok=True)
-        previous = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
-        FIGURES.write_text(json.dumps({**previous, **collected}, indent=2) + "\n")
+        FIGURES.write_text(json.dumps({"run": run, **collected}, indent=2) + "\n")

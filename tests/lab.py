@@ -1,8 +1,12 @@
 """The Compose lab run natively: Debian's Prometheus and Alertmanager and the project's alert
-receiver, on 127.0.0.1, from the very files Compose mounts. Only hosts, ports, intervals and
-``for:`` durations are rewritten, so that a test sees in a minute what the lab shows in an hour.
+receiver, on 127.0.0.1, from the very files Compose mounts. Only hosts, ports, intervals, the
+rules' ``for:`` durations and range windows, and Alertmanager's timings are rewritten, all by
+the same factor, so that a test sees in a minute what the lab shows in an hour, and an alert
+fires on the same share of the same traffic as in the lab, whatever Locust's throughput.
 """
 
+import contextlib
+import csv
 import json
 import os
 import re
@@ -18,11 +22,13 @@ import yaml
 
 from tests.support import ROOT, answers_200, free_port, http, stop_process_group, wait_for
 
-# `for:` durations and Alertmanager's timings shrink by this factor (1m -> 2s, 5m -> 10s). Not
-# further: Prometheus only starts scraping after its first 5-second discovery round, and a 5s
-# `for:` on HvsApiAbsent would fire during that start-up gap.
+# `for:` durations, range windows and Alertmanager's timings shrink by this factor (1m -> 2s,
+# 5m -> 10s, 1h -> 2m). Not further: Prometheus only starts scraping after its first 5-second
+# discovery round, and a 5s `for:` on HvsApiAbsent would fire during that start-up gap.
 TIME_SCALE = 30
 SCRAPE_INTERVAL = "1s"
+# A rate needs two samples in its window: with a 1s scrape, no window below 4s.
+SHORTEST_WINDOW = 4
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -34,10 +40,20 @@ def scaled(duration: str) -> str:
     return f"{max(1, round(seconds(duration) / TIME_SCALE))}s"
 
 
+def scaled_windows(expr: str) -> str:
+    """An expression with every range window (``[5m]``, ``[1h]``, ``[30d]``) scaled down."""
+
+    def window(match: re.Match) -> str:
+        return f"[{max(SHORTEST_WINDOW, round(seconds(match.group(1)) / TIME_SCALE))}s]"
+
+    return re.sub(r"\[(\d+(?:ms|s|m|h|d))\]", window, expr)
+
+
 def rewrite_rules(source: Path, target: Path) -> None:
     rules = yaml.safe_load(source.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
+            rule["expr"] = scaled_windows(rule["expr"])
             if "for" in rule:
                 rule["for"] = scaled(rule["for"])
     target.write_text(yaml.safe_dump(rules, sort_keys=False))
@@ -184,14 +200,17 @@ class Lab:
         for process in reversed(self.processes):
             process.stop()
 
-    def restart(self, name: str, ready_path: str) -> int:
-        """Stop one program gracefully and start it again on the same data; return 1."""
+    def restart(self, name: str, ready_path: str) -> tuple[int, int]:
+        """Stop one program gracefully, start it again on the same data and wait until it is
+        ready; return the old and the new pid."""
         [process] = [p for p in self.processes if p.name == name]
+        old_pid = process.popen.pid
         process.stop()
+        assert process.popen.poll() is not None, f"{name} did not stop"
         process.start()
         url = f"http://127.0.0.1:{self.ports[name]}{ready_path}"
         wait_for(lambda: answers_200(url), 60, f"{name} to come back")
-        return 1
+        return old_pid, process.popen.pid
 
     # Prometheus's HTTP API.
     def query(self, expr: str, instant: bool = True) -> dict:
@@ -230,7 +249,10 @@ class Lab:
 
 
 def locust(host: str, scenario: str, duration: str, log: Path, users: int = 8, **env: str) -> Process:
-    """Start the project's locustfile headless against ``host`` (stop it, or let it run out)."""
+    """Start the project's locustfile headless against ``host`` (stop it, or let it run out).
+
+    Its request counts land in ``<log without suffix>_stats.csv`` (see locust_totals).
+    """
     return Process(
         f"locust-{scenario}",
         [
@@ -246,9 +268,38 @@ def locust(host: str, scenario: str, duration: str, log: Path, users: int = 8, *
             str(users),
             "-t",
             duration,
+            "--csv",
+            str(log.with_suffix("")),
             "--only-summary",
             scenario,
         ],
         log,
         env,
     ).start()
+
+
+def locust_totals(log: Path) -> tuple[int, int]:
+    """``(requests, failures)`` of a finished Locust run, from its CSV report."""
+    with open(log.with_suffix("").with_name(log.stem + "_stats.csv"), newline="") as handle:
+        [total] = [row for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
+    return int(total["Request Count"]), int(total["Failure Count"])
+
+
+@contextlib.contextmanager
+def traffic(host: str, scenario: str, log: Path, users: int = 8, **env: str):
+    """Locust drives ``scenario`` for the duration of the block (at most ten minutes), and is
+    stopped on leaving it; the block's ``totals`` are read from its report afterwards."""
+    process = locust(host, scenario, "600s", log, users, **env)
+    run = TrafficRun(log)
+    try:
+        yield run
+    finally:
+        process.stop()
+    run.requests, run.failures = locust_totals(log)
+
+
+@dataclass
+class TrafficRun:
+    log: Path
+    requests: int = 0
+    failures: int = 0

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from http.client import HTTPResponse
 from pathlib import Path
 
+import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "api" / "Dockerfile"
@@ -106,15 +108,20 @@ class HeldRequest:
 
     status: int = 0
     body: bytes = b""
+    worker: int = 0
+    error: OSError | None = None
 
 
 @contextlib.contextmanager
-def one_worker_held(port: int, payload: object):
+def one_worker_held(port: int, payload: object, server: "ApiServer | None" = None):
     """Sends half of a ``POST /predict`` body, so that one sync worker sits reading it.
 
     Every request made inside the block then goes to another worker: a deterministic way to
     reach both workers of a two-worker server, where a run of sequential requests may all be
-    accepted by the same one. The rest of the body is sent on leaving the block.
+    accepted by the same one. Given the ``server`` (one started here, whose processes this
+    machine sees), the block starts only once one of its workers has accepted the connection,
+    and ``held.worker`` is that worker's pid. The rest of the body is sent on leaving the
+    block; a connection the server dropped meanwhile leaves ``held.error`` set.
     """
     body = json.dumps(payload).encode()
     head = (
@@ -124,32 +131,48 @@ def one_worker_held(port: int, payload: object):
     held = HeldRequest()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head + body[: len(body) // 2])
+        if server is not None:
+            held.worker = wait_for(lambda: server.worker_holding(sock), 10, "a worker to accept the held request")
         yield held
-        sock.sendall(body[len(body) // 2 :])
-        response = HTTPResponse(sock)
-        response.begin()
-        held.status, held.body = response.status, response.read()
+        try:
+            sock.sendall(body[len(body) // 2 :])
+            response = HTTPResponse(sock)
+            try:
+                response.begin()
+                held.status, held.body = response.status, response.read()
+            finally:
+                response.close()
+        except OSError as error:
+            held.error = error
 
 
-def answers_of_both_workers(port: int, payload: object) -> list[tuple[int, bytes]]:
+def answers_of_both_workers(port: int, payload: object, server: "ApiServer | None" = None) -> list[tuple[int, bytes]]:
     """``(status, body)`` of one ``POST /predict`` answered by each worker of a two-worker server:
     one request held half-sent on one worker, another answered by the other meanwhile."""
-    with one_worker_held(port, payload) as held:
+    with one_worker_held(port, payload, server) as held:
         answer = http("POST", f"http://127.0.0.1:{port}/predict", payload)
     return [answer, (held.status, held.body)]
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """The value of the series ``name{labels}`` in a /metrics page (labels must match exactly)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        series, _, value = line.rpartition(" ")
-        found_name, _, found_labels = series.partition("{")
-        pairs = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found_labels))
-        if found_name == name and pairs == labels:
-            return float(value)
-    return 0.0
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a /metrics page as ``(name, labels, value)``: the one parser the tests use.
+
+    prometheus_client's own parser, so escaping, exponents and ``NaN`` read as Prometheus reads them.
+    """
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the series ``name{labels}`` (labels must match exactly), or None when it is absent."""
+    for found_name, found_labels, value in samples(text):
+        if found_name == name and found_labels == labels:
+            return value
+    return None
+
+
+def values_by_label(text: str, name: str, label: str) -> dict[str, float]:
+    """``{value of label: sample value}`` of every series of ``name``, e.g. hvs_model_info by model_version."""
+    return {found[label]: value for found_name, found, value in samples(text) if found_name == name}
 
 
 def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
@@ -165,8 +188,8 @@ def stop_process_group(process: subprocess.Popen, sig: int = signal.SIGTERM, tim
 
 
 def predict_ok(text: str) -> float:
-    """/predict requests answered 200, from a /metrics page."""
-    return metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="200")
+    """/predict requests answered 200, from a /metrics page (0 before the first one)."""
+    return metric_value(text, "flask_http_request_total", endpoint="/predict", method="POST", status="200") or 0.0
 
 
 def rule_groups(folder: Path = ROOT / "prometheus" / "rules") -> list[dict]:
@@ -175,6 +198,25 @@ def rule_groups(folder: Path = ROOT / "prometheus" / "rules") -> list[dict]:
     for path in sorted(folder.glob("*.yml")):
         groups += yaml.safe_load(path.read_text())["groups"]
     return groups
+
+
+class Steps:
+    """The steps of one scenario that run in file order on shared state, each its own test.
+
+    A step that later ones build on says ``done(name)`` as its last line; a later step starts
+    with ``after(name)`` and fails at once, naming that step, when it failed.
+    """
+
+    def __init__(self) -> None:
+        self._done: set[str] = set()
+
+    def done(self, step: str) -> None:
+        self._done.add(step)
+
+    def after(self, *steps: str) -> None:
+        missing = [step for step in steps if step not in self._done]
+        if missing:
+            pytest.fail(f"needs the earlier step(s) {missing}, which failed")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
@@ -236,9 +278,29 @@ class ApiServer:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         return sorted(int(pid) for pid in children)
 
-    def kill_worker(self) -> int:
-        """SIGKILL one worker and wait until the master has replaced it; return its pid."""
-        victim = self.worker_pids()[0]
+    def worker_holding(self, client: socket.socket) -> int | None:
+        """The pid of the worker that has accepted ``client``'s connection, or None (yet)."""
+        client_port = client.getsockname()[1]
+        inode = None
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, remote_port = (int(address.split(":")[1], 16) for address in fields[1:3])
+            if (local_port, remote_port) == (self.port, client_port):
+                inode = fields[9]
+        if inode in (None, "0"):  # Still in the listen queue: no process holds it.
+            return None
+        for pid in self.worker_pids():
+            with contextlib.suppress(FileNotFoundError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                            return pid
+        return None
+
+    def kill_worker(self, victim: int | None = None) -> int:
+        """SIGKILL one worker (by default the oldest) and wait until the master has replaced it;
+        return its pid."""
+        victim = victim or self.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         wait_for(
             lambda: victim not in self.worker_pids() and len(self.worker_pids()) == self.workers, 30, "a new worker"

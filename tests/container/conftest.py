@@ -20,11 +20,13 @@ _STARTED: list[float] = []
 
 
 def pytest_collection_modifyitems(items):
-    """Mark the stage's tests, and run them last: the fast feedback of the rest comes first."""
+    """Mark the stage's tests (they start real processes too, so `-m "not integration"` leaves
+    them out), and run them last: the fast feedback of the rest comes first."""
     here = Path(__file__).parent
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.container)
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: here in item.path.parents)
 
 

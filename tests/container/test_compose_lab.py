@@ -8,7 +8,6 @@ import time
 import urllib.parse
 import urllib.request
 
-import pytest
 import yaml
 from selenium.webdriver.common.by import By
 
@@ -19,6 +18,7 @@ from tests.support import (
     HAZARDOUS,
     NORMAL,
     ROOT,
+    Steps,
     answers_of_both_workers,
     http,
     metric_value,
@@ -29,14 +29,8 @@ from tests.support import (
 
 MODEL_RELOAD_SECONDS = float(compose_default("MODEL_RELOAD_SECONDS"))
 API_WORKERS = int(compose_default("API_WORKERS"))
-# The steps that later ones build on; a later step fails at once, naming the one that failed.
-_done: set[str] = set()
-
-
-def after(*steps: str) -> None:
-    missing = [step for step in steps if step not in _done]
-    if missing:
-        pytest.fail(f"needs the earlier step(s) {missing}, which failed")
+steps = Steps()
+after = steps.after
 
 
 def ready_version(lab) -> str:
@@ -56,7 +50,7 @@ def champion_in_registry(lab) -> str:
 def test_images_build_from_the_committed_files(lab):
     result = lab.compose("build", timeout=1200)
     assert result.returncode == 0, failure(result, "docker compose build")
-    _done.add("build")
+    steps.done("build")
 
 
 def test_every_service_becomes_healthy_and_the_trainer_exits_0(lab):
@@ -71,7 +65,7 @@ def test_every_service_becomes_healthy_and_the_trainer_exits_0(lab):
     assert not unhealthy, f"not running and healthy: {unhealthy}"
     assert {s[0] for s in states} == set(services())
     assert "BEST_MLFLOW_RUN_ID=" in lab.logs("trainer"), "the first start trains a champion"
-    _done.add("up")
+    steps.done("up")
 
 
 def test_the_users_payloads_are_predicted_and_counted(lab):
@@ -163,7 +157,7 @@ def test_retrain_moves_the_champion_and_every_worker_serves_it_without_a_restart
         return values if values.get(new) == 1 and values.get(old) == 0 else None
 
     wait_for(info_in_prometheus, 60, f"hvs_model_info: version {new} at 1 and {old} at 0", interval=2)
-    _done.add("retrain")
+    steps.done("retrain")
 
 
 def inhibited_by_api_down() -> re.Pattern:
@@ -195,7 +189,7 @@ def test_stopping_the_api_delivers_hvsapidown_and_holds_back_what_it_inhibits(la
     for alert in active:
         if inhibited.fullmatch(alert["labels"]["alertname"]):
             assert alert["status"]["state"] == "suppressed" and alert["status"]["inhibitedBy"], alert
-    _done.add("api-down")
+    steps.done("api-down")
 
 
 # Real browser checks of the pages the lab serves: what the page shows, with a screenshot of

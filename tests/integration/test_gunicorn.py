@@ -2,9 +2,10 @@
 
 import json
 import os
-import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from tests.support import (
     one_worker_held,
     predict_ok,
     run_id_of,
+    values_by_label,
     wait_for,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def predict_many(server, normal: int, hazardous: int) -> None:
@@ -43,7 +47,7 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     assert len(workers) == 2
 
     # One worker reads a held Normal record while the other serves the rest: both count.
-    with one_worker_held(server.port, NORMAL) as held:
+    with one_worker_held(server.port, NORMAL, server) as held:
         predict_many(server, 3, 2)
     assert held.status == 200
     assert set(workers) <= pids_with_files(server.metrics_dir)
@@ -145,16 +149,14 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
 
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
 
-    def every_answer_is_version_2():
-        # The held request is answered by one worker, the others by the second one.
-        with one_worker_held(server.port, NORMAL) as held:
-            answers = [http("POST", server.url + "/predict", NORMAL)[1] for _ in range(5)]
-        versions = {json.loads(body)["model"]["version"] for body in [*answers, held.body]}
-        return versions == {"2"}
+    def both_workers_answer_with_version_2():
+        answers = answers_of_both_workers(server.port, NORMAL, server)
+        return [json.loads(body)["prediction"]["model_version"] for _, body in answers] == ["2", "2"]
 
-    wait_for(every_answer_is_version_2, 30, "both workers to serve version 2")
+    wait_for(both_workers_answer_with_version_2, 30, "both workers to serve version 2")
     text = server.metrics()
-    assert 'model_version="2"' in text
+    # The dashboard's version series: version 2 up, version 1 down to 0 (not gone stale at 1).
+    assert values_by_label(text, "hvs_model_info", "model_version") == {"1": 0.0, "2": 1.0}
     assert metric_value(text, "hvs_model_loaded") == 1
     assert server.process.pid == master and server.worker_pids() == workers  # No restart.
 
@@ -170,21 +172,12 @@ def test_workers_forked_after_a_promotion_serve_the_new_champion_from_their_firs
     for _ in range(server.workers):
         server.kill_worker()
     # Every worker is now one forked after the promotion; their first answers must be version 2.
-    answers = answers_of_both_workers(server.port, NORMAL)
+    answers = answers_of_both_workers(server.port, NORMAL, server)
     assert [status for status, _ in answers] == [200, 200]
     versions = [json.loads(body)["prediction"]["model_version"] for _, body in answers]
     assert versions == ["2", "2"]
-    info = model_info(server.metrics())
+    info = values_by_label(server.metrics(), "hvs_model_info", "model_version")
     assert info == {"1": 0.0, "2": 1.0}, info
-
-
-def model_info(text: str) -> dict[str, float]:
-    """``{model_version: value}`` of the hvs_model_info series in a /metrics page."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("hvs_model_info{"):
-            found[re.search(r'model_version="([^"]*)"', line).group(1)] = float(line.rsplit(" ", 1)[1])
-    return found
 
 
 def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, start_api):
@@ -207,3 +200,37 @@ def test_replaced_workers_leave_no_files_and_no_lost_counts(trained_mlruns, star
     files = sorted(p.name for p in server.metrics_dir.glob("*.db"))
     assert len(files) <= files_at_start + 3 + 4, files
     assert server.metric_files_of_dead_processes() == []
+
+
+def test_the_real_server_names_no_version_and_no_development_server(trained_mlruns, start_api):
+    server = start_api(trained_mlruns, workers=1)
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
+        software = response.headers.get("Server", "")
+    assert software == "gunicorn", software
+
+
+def test_a_charset_parameter_on_the_json_content_type_is_accepted(trained_mlruns, start_api):
+    server = start_api(trained_mlruns, workers=1)
+    for content_type in ("application/json; charset=utf-8", "application/json;charset=UTF-8"):
+        request = urllib.request.Request(
+            server.url + "/predict", data=json.dumps(NORMAL).encode(), headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, content_type
+            assert json.loads(response.read())["prediction"]["label"] == "Normal"
+
+
+def test_a_sighup_reload_replaces_the_workers_and_keeps_every_count(trained_mlruns, start_api):
+    """gunicorn re-reads its config file on SIGHUP in the same master; the file must not empty
+    the metrics directory then, or every count so far would vanish from /metrics."""
+    server = start_api(trained_mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "0"})
+    predict_many(server, 3, 1)
+    before = set(server.worker_pids())
+    os.kill(server.process.pid, signal.SIGHUP)
+    wait_for(lambda: before.isdisjoint(server.worker_pids()) and len(server.worker_pids()) == 2, 60, "new workers")
+    wait_for(lambda: http("GET", server.url + "/ready")[0] == 200, 30, "readiness after the reload")
+    predict_many(server, 1, 1)
+    text = server.metrics()
+    assert predict_ok(text) == 6
+    assert (outcome(text, "Normal"), outcome(text, "Hazardous")) == (4, 2)
+    assert "Hang up" in server.log() or "Handling signal: hup" in server.log()

@@ -4,6 +4,8 @@ import pytest
 
 from tests.lab import locust
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize(("max_p95_ms", "exit_code"), [("10000", 0), ("0.001", 1)])
 def test_a_missed_slo_fails_the_run(trained_mlruns, start_api, tmp_path, max_p95_ms, exit_code):
