@@ -14,7 +14,6 @@ one check before its first answer (see ``hvs_api._start_in_this_process``).
 import logging
 import os
 import threading
-import time
 
 from hvs_api import model as model_loading
 from hvs_api import store
@@ -41,6 +40,8 @@ class ModelWatcher:
         self.uri = uri
         self.interval = interval
         self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def watching(self) -> bool:
@@ -52,11 +53,17 @@ class ModelWatcher:
         if self._pid == os.getpid() or not self.watching:
             return
         self._pid = os.getpid()
-        threading.Thread(target=self._run, name="model-watcher", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the polling thread, if this process started one, and wait for it (for tests and embedders)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
 
     def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        while not self._stopping.wait(self.interval):
             self.check_once()
 
     def check_once(self) -> bool:

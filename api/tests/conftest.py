@@ -1,44 +1,115 @@
 """Fixtures shared by the API's unit tests."""
 
-import json
+import contextlib
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
-from hvs_api import create_app, model, train
+from hvs_api import create_app, model, store, train
+from tests.support import HAZARDOUS, NORMAL
 
-ROOT = Path(__file__).resolve().parents[2]
 # Small enough to train in seconds, large enough for every candidate to learn the rule.
 TEST_SAMPLES = 4000
+# MLflow copies every URI it is pointed at into these (for subprocesses), so store.client() sets them.
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# pytest names the running test and its phase here, so it differs between setup and teardown.
+PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
+
+
+@contextlib.contextmanager
+def environment_restored(*names: str) -> Iterator[None]:
+    """On leaving the block, put the named environment variables back as they were, set or not."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def store_at(folder: Path) -> Iterator[Path]:
+    """MLRUNS_DIR names ``folder`` inside the block only; MLflow's URI variables are put back too."""
+    with environment_restored("MLRUNS_DIR", *MLFLOW_URI_VARIABLES):
+        os.environ["MLRUNS_DIR"] = str(folder)
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_thread_or_variable_behind() -> Iterator[None]:
+    """Fails a test that leaves a thread it started running, or the environment changed."""
+    threads_before = set(threading.enumerate())
+    environment_before = dict(os.environ)
+    yield
+    running = sorted(thread.name for thread in threading.enumerate() if thread not in threads_before)
+    changed = sorted(
+        name
+        for name in environment_before.keys() | os.environ.keys()
+        if name != PYTEST_VARIABLE and environment_before.get(name) != os.environ.get(name)
+    )
+    assert not running, f"the test left these threads running: {running}"
+    assert not changed, f"the test left these environment variables changed: {changed}"
 
 
 @pytest.fixture(scope="session")
 def mlruns(tmp_path_factory) -> Path:
     """A store folder with the candidates trained and a champion registered, once per session."""
     folder = tmp_path_factory.mktemp("store") / "mlruns"
-    previous = os.environ.get("MLRUNS_DIR")
-    os.environ["MLRUNS_DIR"] = str(folder)
-    try:
+    with store_at(folder):
         train.train(samples=TEST_SAMPLES, seed=7)
-        yield folder
-    finally:
-        if previous is None:
-            del os.environ["MLRUNS_DIR"]
-        else:
-            os.environ["MLRUNS_DIR"] = previous
+    return folder
 
 
 @pytest.fixture(scope="session")
 def champion(mlruns) -> model.LoadedModel:
-    """The registered champion, loaded the way the API loads it."""
-    return model.load(model.model_uri_from_env({}))
+    """The registered champion, loaded from the session's store by its alias, as the API loads it."""
+    with store_at(mlruns):
+        return model.load(f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}")
 
 
 @pytest.fixture
-def app(champion):
+def use_store(monkeypatch) -> Iterator[Callable[[Path], Path]]:
+    """``use_store(folder)`` points MLRUNS_DIR at ``folder`` until the test ends."""
+
+    def point_at(folder: Path) -> Path:
+        monkeypatch.setenv("MLRUNS_DIR", str(folder))
+        return folder
+
+    with environment_restored(*MLFLOW_URI_VARIABLES):
+        yield point_at
+
+
+@pytest.fixture
+def session_store(mlruns, use_store) -> Path:
+    """The session's store, named by MLRUNS_DIR for this test only."""
+    return use_store(mlruns)
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[[dict], Flask]]:
+    """``make_app(config)`` is ``create_app(config)``; each app's model watcher is stopped when the test ends."""
+    apps: list[Flask] = []
+
+    def make(config: dict) -> Flask:
+        apps.append(create_app(config))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["hvs_watcher"].stop()
+
+
+@pytest.fixture
+def app(champion, make_app) -> Flask:
     """An app serving the champion."""
-    return create_app({"TESTING": True, "MODEL": champion})
+    return make_app({"TESTING": True, "MODEL": champion})
 
 
 @pytest.fixture
@@ -50,7 +121,4 @@ def client(app):
 @pytest.fixture
 def payloads() -> dict[str, dict]:
     """The shipped example payloads, by expected label."""
-    return {
-        "Normal": json.loads((ROOT / "test_payload.json").read_text()),
-        "Hazardous": json.loads((ROOT / "test_payload_hazardous.json").read_text()),
-    }
+    return {"Normal": dict(NORMAL), "Hazardous": dict(HAZARDOUS)}

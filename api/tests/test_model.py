@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 
 from hvs_api import model, store
@@ -17,31 +19,28 @@ def test_champion_carries_its_identity_and_baseline(champion):
     assert 0.1 < champion.training_hazardous_share < 0.25
 
 
-def test_run_id_finds_the_registered_version(champion):
+def test_run_id_finds_the_registered_version(champion, session_store):
     by_run = model.load(f"runs:/{champion.run_id}/model")
     assert (by_run.version, by_run.run_id) == (champion.version, champion.run_id)
 
 
-def test_registry_version_uri(champion):
+def test_registry_version_uri(champion, session_store):
     assert model.load(f"models:/{store.MODEL_NAME}/1").run_id == champion.run_id
 
 
-def test_unknown_run_is_unavailable_with_a_hint(mlruns):
+def test_unknown_run_is_unavailable_with_a_hint(session_store):
     with pytest.raises(model.ModelUnavailable, match="make train"):
         model.load("runs:/0123456789abcdef0123456789abcdef/model")
 
 
-def test_empty_store_is_unavailable_with_a_hint(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "empty"))
-    (tmp_path / "empty").mkdir()
+def test_empty_store_is_unavailable_with_a_hint(tmp_path, use_store):
+    use_store(tmp_path / "empty").mkdir()
     with pytest.raises(model.ModelUnavailable, match="make train"):
         model.load(model.model_uri_from_env({}))
 
 
-def test_corrupt_model_file_is_unavailable(champion, mlruns, tmp_path):
-    import shutil
-
-    source = next(mlruns.glob("artifacts/models/*/artifacts/MLmodel")).parent
+def test_corrupt_model_file_is_unavailable(session_store, tmp_path):
+    source = next(session_store.glob("artifacts/models/*/artifacts/MLmodel")).parent
     broken = tmp_path / "broken"
     shutil.copytree(source, broken)
     next(broken.glob("model.*")).write_bytes(b"not a model")
@@ -49,7 +48,7 @@ def test_corrupt_model_file_is_unavailable(champion, mlruns, tmp_path):
         model.load(str(broken))
 
 
-def test_a_local_model_folder_loads(mlruns, champion):
-    folder = next(p.parent for p in mlruns.glob("artifacts/models/*/artifacts/MLmodel"))
+def test_a_local_model_folder_loads(session_store):
+    folder = next(p.parent for p in session_store.glob("artifacts/models/*/artifacts/MLmodel"))
     loaded = model.load(str(folder))
     assert loaded.hazard_probability([[50.0, 3.0, 200.0, 40.0, 100.0]]).shape == (1,)

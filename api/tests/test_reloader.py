@@ -1,8 +1,9 @@
 import pytest
 
-from hvs_api import create_app, train
+from hvs_api import train
 from hvs_api.reloader import ModelWatcher, alias_of
 from hvs_api.state import ModelState
+from tests.support import metric_value, values_by_label
 
 
 def test_alias_of():
@@ -18,10 +19,9 @@ def test_nothing_to_watch_for_a_pinned_model(champion):
 
 
 @pytest.fixture
-def own_store(tmp_path, monkeypatch):
+def own_store(tmp_path, use_store):
     """An empty store of this test's own, so promoting a champion here disturbs no other test."""
-    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
-    return tmp_path / "mlruns"
+    return use_store(tmp_path / "mlruns")
 
 
 def quick_train():
@@ -32,9 +32,9 @@ def metrics_text(client) -> str:
     return client.get("/metrics").get_data(as_text=True)
 
 
-def test_a_new_champion_is_picked_up_and_the_metrics_follow(own_store, payloads):
+def test_a_new_champion_is_picked_up_and_the_metrics_follow(own_store, make_app, payloads):
     quick_train()
-    app = create_app({"TESTING": True})
+    app = make_app({"TESTING": True})
     client = app.test_client()
     watcher = app.extensions["hvs_watcher"]
     assert client.post("/predict", json=payloads["Normal"]).json["prediction"]["model_version"] == "1"
@@ -43,28 +43,23 @@ def test_a_new_champion_is_picked_up_and_the_metrics_follow(own_store, payloads)
     quick_train()  # Registers version 2 and moves the alias to it.
     assert watcher.check_once()
     assert client.post("/predict", json=payloads["Normal"]).json["prediction"]["model_version"] == "2"
-    info = {
-        line.split('model_version="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
-        for line in metrics_text(client).splitlines()
-        if line.startswith("hvs_model_info{")
-    }
-    assert info == {"1": "0.0", "2": "1.0"}
+    assert values_by_label(metrics_text(client), "hvs_model_info", "model_version") == {"1": 0.0, "2": 1.0}
 
 
-def test_an_api_started_before_training_becomes_ready(own_store, payloads):
+def test_an_api_started_before_training_becomes_ready(own_store, make_app):
     own_store.mkdir()
-    app = create_app({"TESTING": True})
+    app = make_app({"TESTING": True})
     client = app.test_client()
     assert client.get("/ready").status_code == 503
     quick_train()
     assert app.extensions["hvs_watcher"].check_once()
     assert client.get("/ready").status_code == 200
-    assert "hvs_model_loaded 1.0" in metrics_text(client)
+    assert metric_value(metrics_text(client), "hvs_model_loaded") == 1.0
 
 
-def test_a_failed_check_keeps_the_current_model(own_store, payloads, monkeypatch):
+def test_a_failed_check_keeps_the_current_model(own_store, use_store, make_app, payloads):
     quick_train()
-    app = create_app({"TESTING": True})
-    monkeypatch.setenv("MLRUNS_DIR", str(own_store.parent / "missing"))
+    app = make_app({"TESTING": True})
+    use_store(own_store.parent / "missing")
     assert not app.extensions["hvs_watcher"].check_once()
     assert app.test_client().post("/predict", json=payloads["Normal"]).status_code == 200

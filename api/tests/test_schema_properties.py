@@ -4,10 +4,13 @@ refused request never moves the counters of good predictions."""
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hvs_api import DEFAULTS
 from hvs_api.features import FEATURE_NAMES, FEATURES
+from tests.support import samples
 
 # Any JSON value, nested a few levels.
 json_values = st.recursive(
@@ -20,15 +23,16 @@ good_record = st.fixed_dictionaries(
 )
 bad_number = st.sampled_from([math.nan, math.inf, -math.inf, 1e308 * 10, -1e400]) | st.integers(min_value=10**6)
 quick = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The JSON text json.dumps(allow_nan=True) writes for each float JSON has no number for.
+NON_JSON_TOKENS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+# A body limit small enough that bodies over it are quick to build and send.
+SMALL_BODY_LIMIT = 4096
 
 
-def good_counts(client) -> list[str]:
+def good_counts(client) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of the prediction-outcome counter and the inference histogram."""
     text = client.get("/metrics").get_data(as_text=True)
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith(("hvs_api_prediction_outcomes_total{", "hvs_model_inference"))
-    ]
+    return [s for s in samples(text) if s[0].startswith(("hvs_api_prediction_outcomes_", "hvs_model_inference_"))]
 
 
 def assert_clear_refusal(response) -> None:
@@ -50,13 +54,21 @@ def test_any_json_gets_a_prediction_or_a_clear_4xx(client, payload):
 
 @quick
 @given(record=good_record, field=st.sampled_from(FEATURE_NAMES), value=bad_number | st.text() | st.booleans())
-def test_a_bad_value_in_any_field_is_named(client, record, field, value):
+def test_a_bad_value_names_its_field_or_its_non_json_token(client, record, field, value):
     before = good_counts(client)
     body = json.dumps({"records": [record, {**record, field: value}]}, allow_nan=True)
     response = client.post("/predict", data=body, content_type="application/json")
     assert_clear_refusal(response)
-    named = {p["field"] for p in response.get_json()["problems"]}
-    assert f"records[1].{field}" in named or response.get_json()["error"] == "malformed_json"
+    answer = response.get_json()
+    if isinstance(value, float) and not math.isfinite(value):
+        # Not JSON at all, so refused before any field is looked at: the message names the token.
+        token = NON_JSON_TOKENS[str(value)]
+        assert response.status_code == 400 and answer["error"] == "malformed_json"
+        assert f": {token} is not valid JSON" in answer["message"], answer["message"]
+    else:
+        reason = "out_of_range" if isinstance(value, int) and not isinstance(value, bool) else "wrong_type"
+        assert response.status_code == 422
+        assert [(p["field"], p["reason"]) for p in answer["problems"]] == [(f"records[1].{field}", reason)]
     assert good_counts(client) == before
 
 
@@ -92,8 +104,33 @@ def test_duplicate_keys_are_refused(client, payloads, key):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=st.integers(min_value=1001, max_value=3000))
-def test_oversized_batches_are_refused(client, payloads, size):
-    response = client.post("/predict", json={"records": [payloads["Normal"]] * size})
-    assert response.status_code in (413, 422)
-    assert response.get_json()["error"] in ("batch_too_large", "body_too_large")
+@given(size=st.integers(min_value=DEFAULTS["MAX_BATCH_RECORDS"] + 1, max_value=3 * DEFAULTS["MAX_BATCH_RECORDS"]))
+def test_a_batch_over_max_batch_records_but_under_the_body_limit_is_a_422(client, payloads, size):
+    body = json.dumps({"records": [payloads["Normal"]] * size})
+    assert len(body.encode()) <= client.application.config["MAX_CONTENT_LENGTH"]
+    before = good_counts(client)
+    response = client.post("/predict", data=body, content_type="application/json")
+    assert response.status_code == 422
+    assert response.get_json()["error"] == "batch_too_large" and response.get_json()["field"] == "records"
+    assert good_counts(client) == before
+
+
+@pytest.fixture
+def small_body_client(champion, make_app):
+    """A test client for an app that refuses bodies over ``SMALL_BODY_LIMIT`` bytes."""
+    return make_app({"TESTING": True, "MODEL": champion, "MAX_CONTENT_LENGTH": SMALL_BODY_LIMIT}).test_client()
+
+
+@quick
+@given(excess=st.integers(min_value=1, max_value=3 * SMALL_BODY_LIMIT))
+def test_a_body_over_max_content_length_is_a_413(small_body_client, payloads, excess):
+    # A valid one-record request padded with whitespace, served at the limit: past it, its size
+    # is all that is wrong with it.
+    at_limit = json.dumps(payloads["Normal"]).ljust(SMALL_BODY_LIMIT)
+    assert small_body_client.post("/predict", data=at_limit, content_type="application/json").status_code == 200
+    before = good_counts(small_body_client)
+    response = small_body_client.post("/predict", data=at_limit + " " * excess, content_type="application/json")
+    assert response.status_code == 413
+    answer = response.get_json()
+    assert answer["error"] == "body_too_large" and f"larger than {SMALL_BODY_LIMIT} bytes" in answer["message"]
+    assert good_counts(small_body_client) == before

@@ -20,7 +20,7 @@ def test_faster_model_within_tolerance_wins():
     assert chosen.run_id == "fast"
 
 
-def test_training_logs_every_candidate_and_registers_the_champion(mlruns):
+def test_training_logs_every_candidate_and_registers_the_champion(session_store):
     client = store.client()
     experiment = client.get_experiment_by_name(store.EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
@@ -37,23 +37,22 @@ def test_training_logs_every_candidate_and_registers_the_champion(mlruns):
     assert experiment.artifact_location == store.ARTIFACT_ROOT
 
 
-def test_the_store_folder_can_move(mlruns, tmp_path, monkeypatch):
+def test_a_store_holds_no_path_to_where_it_was_written_and_loads_elsewhere(mlruns, tmp_path, use_store):
     """A store written in one place loads from another, as between the host and /app/mlruns."""
     moved = tmp_path / "elsewhere" / "mlruns"
     shutil.copytree(mlruns, moved)
-    monkeypatch.setenv("MLRUNS_DIR", str(moved))
-    # The original is renamed away, so nothing below can read from the old place.
-    original = mlruns.rename(mlruns.with_name("gone"))
-    try:
-        loaded = model.load(model.model_uri_from_env({}))
-        assert loaded.version == "1"
-        assert loaded.hazard_probability([[50.0, 3.0, 200.0, 40.0, 100.0]])[0] < 0.5
-    finally:
-        original.rename(mlruns)
+    # The session's store stays where it was written (other tests read it), so rather than
+    # renaming it away, check that nothing in the copy names that place and so could read from it.
+    written_at = str(mlruns).encode()
+    assert [path for path in moved.rglob("*") if path.is_file() and written_at in path.read_bytes()] == []
+    use_store(moved)
+    loaded = model.load(model.model_uri_from_env({}))
+    assert loaded.version == "1"
+    assert loaded.hazard_probability([[50.0, 3.0, 200.0, 40.0, 100.0]])[0] < 0.5
 
 
-def test_main_prints_the_best_run_id(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+def test_main_prints_the_best_run_id(tmp_path, use_store, capsys):
+    use_store(tmp_path / "mlruns")
     train.main(["--samples", "1000", "--candidates", train.CANDIDATES[0].name])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("BEST_MLFLOW_RUN_ID=")
@@ -61,14 +60,14 @@ def test_main_prints_the_best_run_id(tmp_path, monkeypatch, capsys):
     assert store.client().get_run(run_id).info.run_name == train.CANDIDATES[0].name
 
 
-def test_training_refuses_an_empty_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+def test_training_refuses_an_empty_dataset(tmp_path, use_store):
+    use_store(tmp_path / "mlruns")
     with pytest.raises(ValueError):
         train.train(samples=0)
 
 
-def test_if_missing_trains_once(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("MLRUNS_DIR", str(tmp_path / "mlruns"))
+def test_if_missing_trains_once(tmp_path, use_store, capsys):
+    use_store(tmp_path / "mlruns")
     args = ["--samples", "1000", "--candidates", train.CANDIDATES[0].name, "--if-missing"]
     train.main(args)
     first = capsys.readouterr().out
