@@ -4,14 +4,16 @@ it makes into the repository, the images, and the other services' configuration.
 import json
 import os
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.support import ROOT, dockerfile_instructions, image_env
+from tests.support import ROOT, dockerfile_instructions, final_stage, image_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
@@ -80,35 +82,196 @@ def test_images_are_pinned_or_built_here():
             assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", service["image"]), f"{name}: {service['image']}"
 
 
-def test_long_running_services_have_healthchecks_and_wait_for_what_they_need():
+def stage_cmd(target: str) -> list[str]:
+    """The ``CMD`` a stage of api/Dockerfile runs, in exec form (empty when it sets none)."""
+    cmds = [rest for keyword, rest in final_stage(target=target) if keyword == "CMD"]
+    return json.loads(cmds[-1]) if cmds else []
+
+
+def run_command(service: dict) -> list[str]:
+    """What a service's container runs: its own ``command``, else the ``CMD`` of the stage it builds
+    (empty for a pinned image, whose defaults the checks take from the program)."""
+    if "command" in service or "build" not in service:
+        return service.get("command", [])
+    return stage_cmd(service["build"]["target"])
+
+
+def program(service: dict) -> str:
+    """The program a service runs: its ``python -m`` module, the command of our image, or the
+    repository name of a pinned image (prom/prometheus -> prometheus)."""
+    if "build" not in service:
+        return service["image"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    command = run_command(service)
+    return command[2] if command[:2] == ["python", "-m"] else command[0]
+
+
+def flag_value(command: list[str], flag: str) -> str | None:
+    """The value of ``--flag=value`` or ``--flag value`` in a command, or None."""
+    for i, argument in enumerate(command):
+        if argument.startswith(flag + "="):
+            return argument.split("=", 1)[1]
+        if argument == flag:
+            return command[i + 1]
+    return None
+
+
+def help_default(binary: str, flag: str) -> str:
+    """A flag's default as the Debian binary (the version the image pins) prints it in --help."""
+    shown = subprocess.run([binary, "--help"], capture_output=True, text=True)
+    return re.search(rf'{re.escape(flag)}="?([^"\s]*)', shown.stdout + shown.stderr).group(1)
+
+
+def locust_default_web_port() -> int:
+    # Asked in a process of its own: importing locust monkey-patches the standard library.
+    code = "from locust.argument_parser import get_parser; print(get_parser().get_default('web_port'))"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def listening_port(service: dict) -> int:
+    """The port a service's program listens on inside its container: its command's flag or
+    environment, else the image's ENV or the program's own default."""
+    command, name = run_command(service), program(service)
+    env = image_env(target=service["build"]["target"]) if "build" in service else {}
+    env.update({key: str(value) for key, value in service.get("environment", {}).items()})
+    if name in ("gunicorn", "hvs_api.alert_receiver"):
+        # gunicorn.conf.py binds to PORT, and the alert receiver listens on it.
+        return int(env["PORT"])
+    if name == "mlflow":
+        return int(flag_value(command, "--port"))
+    if name == "locust":
+        return int(flag_value(command, "--web-port") or locust_default_web_port())
+    if name in ("prometheus", "alertmanager"):
+        binary = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}[name]
+        address = flag_value(command, "--web.listen-address") or help_default(binary, "--web.listen-address")
+        return int(address.rsplit(":", 1)[1])
+    if name == "grafana":
+        # Grafana's documented default http_port; GF_SERVER_HTTP_PORT overrides it.
+        return int(env.get("GF_SERVER_HTTP_PORT", "3000"))
+    if name == "cadvisor":
+        # cAdvisor's documented default for --port.
+        return int(flag_value(command, "--port") or "8080")
+    raise AssertionError(f"no rule for the port of {name}")
+
+
+# The paths each program answers only when it is up (and, where it has one, ready).
+HEALTH_PATHS = {
+    "gunicorn": {"/ready", "/health"},
+    "hvs_api.alert_receiver": {"/health"},
+    "mlflow": {"/health"},
+    "prometheus": {"/-/ready", "/-/healthy"},
+    "alertmanager": {"/-/ready", "/-/healthy"},
+    "grafana": {"/api/health"},
+    "cadvisor": {"/healthz"},
+    # Locust has no health endpoint: its web UI's page answers once the master runs.
+    "locust": {"/"},
+}
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration (``5s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_healthchecks_probe_each_services_health_path_on_its_own_port_with_sane_timing():
+    """Every long-running service's check asks its own program, in its own container, whether it
+    is healthy; a locust worker, which serves no port, checks that its main process is a worker."""
     for name, service in SERVICES.items():
         if name == "trainer":
-            assert service["restart"] == "no" and service["healthcheck"] == {"disable": True}
             continue
-        assert "healthcheck" in service, f"{name} has no healthcheck"
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        test = check["test"]
+        assert test[0] == "CMD", f"{name}: {test}"
+        probe = " ".join(test[1:])
+        command = run_command(service)
+        if "--worker" in command:
+            assert "/proc/1/cmdline" in probe and "--worker" in probe, f"{name}: {probe}"
+        else:
+            [(port, path)] = re.findall(r"https?://(?:127\.0\.0\.1|localhost):(\d+)(/[^'\"\s]*)?", probe)
+            listens = listening_port(service)
+            assert int(port) == listens, f"{name} probes port {port} but listens on {listens}"
+            assert listens == LISTENS_ON[name], f"{name} listens on {listens}, LISTENS_ON says {LISTENS_ON[name]}"
+            assert (path or "/") in HEALTH_PATHS[program(service)], f"{name} probes {path}, not a health path"
+        interval, timeout = seconds(check["interval"]), seconds(check["timeout"])
+        assert 1 <= interval <= 60 and 0 < timeout < interval, f"{name}: interval {interval}s, timeout {timeout}s"
+        assert 1 <= check["retries"] <= 10, f"{name}: retries {check['retries']}"
+        if "start_period" in check:
+            assert seconds(check["start_period"]) >= 0
+        # A probe that gives up before Docker does reports its own error rather than a kill.
+        for own in re.findall(r"timeout=(\d+(?:\.\d+)?)", probe):
+            assert float(own) < timeout, f"{name}: the probe waits {own}s, Docker {timeout}s"
+
+
+def test_services_wait_for_healthy_dependencies_or_the_trainer_to_finish():
+    """The one-shot trainer has no healthcheck and is not restarted; everything else that
+    depends on a service waits for its healthcheck to pass."""
+    trainer = SERVICES["trainer"]
+    assert trainer["restart"] == "no" and trainer["healthcheck"] == {"disable": True}
+    for name, service in SERVICES.items():
         for dependency, condition in service.get("depends_on", {}).items():
             expected = "service_completed_successfully" if dependency == "trainer" else "service_healthy"
             assert condition["condition"] == expected, f"{name} -> {dependency}"
-            assert "healthcheck" in SERVICES[dependency] or dependency == "trainer"
+            assert dependency == "trainer" or "test" in SERVICES[dependency].get("healthcheck", {}), dependency
     assert "trainer" in SERVICES["api"]["depends_on"]
 
 
-def test_our_services_run_commands_the_image_has():
-    import importlib.util
+def copied_sources(target: str, context: Path) -> list[Path]:
+    """The build-context paths a stage's image is made from: the sources of the COPY and ADD
+    instructions of the stage, of the stages it builds on, and of the stages those read
+    (``COPY --from=`` or ``RUN --mount=...,from=``)."""
+    sources, seen, pending = [], set(), [target]
+    while pending:
+        stage = pending.pop()
+        if stage in seen:
+            continue
+        seen.add(stage)
+        for keyword, rest in final_stage(target=stage):
+            pending += re.findall(r"\bfrom=([\w.-]+)", rest)
+            if keyword in ("COPY", "ADD") and "--from=" not in rest:
+                arguments = [a for a in shlex.split(rest) if not a.startswith("--")]
+                sources += [context / source for source in arguments[:-1]]
+    return sources
 
+
+def has_module(sources: list[Path], module: str) -> bool:
+    """Whether a module's file (``a/b.py``, or ``a/b/__main__.py`` for a package) is among the sources."""
+    *package, last = module.split(".")
+    wanted = ["/".join([*package, last + ".py"]), "/".join([*package, last, "__main__.py"])]
+    for source in sources:
+        files = [source] if source.is_file() else source.rglob("*.py")
+        if any(f.as_posix().endswith("/" + w) for f in files for w in wanted):
+            return True
+    return False
+
+
+def test_python_m_modules_of_our_services_are_in_what_their_image_copies():
+    checked = set()
     for name, service in SERVICES.items():
         command = service.get("command")
-        if service.get("build", {}).get("target") == "server" and command:
-            assert command[:2] == ["python", "-m"], name
-            assert importlib.util.find_spec(command[2]) is not None, f"{name}: no module {command[2]}"
-            assert name == "trainer" or name == "alert-receiver"
+        if "build" in service and command and command[:2] == ["python", "-m"]:
+            sources = copied_sources(service["build"]["target"], ROOT / service["build"]["context"])
+            assert has_module(sources, command[2]), f"{name}: {command[2]} is in none of {sources}"
+            checked.add(name)
+    assert checked == {"trainer", "alert-receiver"}
+
+
+def test_locust_files_are_in_the_folders_mounted_where_its_command_reads_them():
+    checked = set()
+    for name, service in SERVICES.items():
         if service.get("build", {}).get("target") == "loadtest":
-            assert command[0] == "locust"
+            command = service["command"]
+            assert command[0] == "locust", name
             files = command[command.index("-f") + 1].split(",")
             mounts = dict((target, source) for source, target in bind_mounts(service))
             for file in files:
                 folder, _, rest = file.removeprefix("/app/").partition("/")
-                assert mounts.get(f"/app/{folder}") == f"./{folder}" and (ROOT / folder / rest).exists(), file
+                assert mounts.get(f"/app/{folder}") == f"./{folder}", f"{name}: {file} is not in a mounted folder"
+                assert (ROOT / folder / rest).exists(), f"{name}: {file} does not exist"
+            checked.add(name)
+    assert checked == {"locust", "locust-worker"}
 
 
 @pytest.mark.parametrize(

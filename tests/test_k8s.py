@@ -2,8 +2,11 @@
 the Kubernetes schema strictly, the custom resources have the structure the operator needs,
 the rules and dashboards are the Compose lab's own, and the security settings hold."""
 
+import glob
 import json
 import os
+import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT, rule_groups
+from tests.support import ROOT
 
 K8S = ROOT / "k8s"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -20,6 +23,8 @@ BUILT_IN = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBu
 KUBERNETES_VERSION = "1.30.0"
 # The usual short names, as kubectl knows them.
 SHORT_KINDS = {"horizontalpodautoscaler": "hpa", "poddisruptionbudget": "pdb"}
+# The Compose lab: what it loads is the oracle of what k8s/generate.py must ship.
+COMPOSE_SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 
 
 def kustomize(folder: Path) -> list[dict]:
@@ -135,27 +140,94 @@ def test_service_monitor_is_the_users_and_produces_the_compose_job(objects):
     assert service["metadata"]["labels"][spec["jobLabel"]] == compose_job == "hvs-api"
 
 
-def test_prometheus_rule_holds_the_compose_rules_and_passes_promtool(objects, tmp_path):
+def compose_host_path(service: str, path: str) -> Path:
+    """The repository path a Compose service sees at ``path`` in its container, through the
+    innermost of its bind mounts that holds it."""
+    mounts = []
+    for volume in COMPOSE_SERVICES[service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith(".") and (path == target or path.startswith(target.rstrip("/") + "/")):
+            mounts.append((len(target), source, target))
+    assert mounts, f"{service} mounts nothing from the repository at {path}"
+    _, source, target = max(mounts)
+    return ROOT / source / path[len(target) :].lstrip("/")
+
+
+def compose_rule_files() -> list[Path]:
+    """The rule files the Compose lab's Prometheus loads: the ``rule_files`` patterns of its
+    ``--config.file``, resolved through the service's bind mounts, in Prometheus's (sorted) order."""
+    command = COMPOSE_SERVICES["prometheus"]["command"]
+    [config_path] = [flag.split("=", 1)[1] for flag in command if flag.startswith("--config.file=")]
+    config = yaml.safe_load(compose_host_path("prometheus", config_path).read_text())
+    files = []
+    for pattern in config["rule_files"]:
+        # Prometheus reads a relative pattern from the configuration file's folder.
+        in_container = posixpath.join(posixpath.dirname(config_path), pattern)
+        files += sorted(Path(p) for p in glob.glob(str(compose_host_path("prometheus", in_container))))
+    return files
+
+
+def test_prometheus_rule_holds_the_groups_compose_prometheus_loads_and_as_many_rules_as_promtool_counts(
+    objects, tmp_path
+):
     rule = one(objects, "PrometheusRule", "hvs-api")
     assert rule["metadata"]["labels"]["release"] == "prometheus"
-    assert rule["spec"]["groups"] == rule_groups()
+    files = compose_rule_files()
+    assert files, "the Compose Prometheus loads no rule file"
+    loaded = [group for path in files for group in yaml.safe_load(path.read_text())["groups"]]
+    assert rule["spec"]["groups"] == loaded
+    checked = subprocess.run(["promtool", "check", "rules", *map(str, files)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    counts = re.findall(r"SUCCESS: (\d+) rules found", checked.stdout)
+    assert len(counts) == len(files), checked.stdout
+    assert sum(len(group["rules"]) for group in rule["spec"]["groups"]) == sum(map(int, counts))
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     result = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dashboards_are_the_compose_files(objects):
+def compose_dashboard_files() -> list[Path]:
+    """The dashboards the Compose lab's Grafana provisions: every *.json (Grafana walks the folder)
+    under the path of each file provider of its provisioning, resolved through its bind mounts."""
+    environment = COMPOSE_SERVICES["grafana"].get("environment", {})
+    # Grafana's image default, unless the service moves it.
+    provisioning = environment.get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning")
+    providers_folder = compose_host_path("grafana", f"{provisioning}/dashboards")
+    files = []
+    for config in sorted([*providers_folder.glob("*.yml"), *providers_folder.glob("*.yaml")]):
+        for provider in yaml.safe_load(config.read_text())["providers"]:
+            if provider.get("type", "file") == "file":
+                files += sorted(compose_host_path("grafana", provider["options"]["path"]).rglob("*.json"))
+    return files
+
+
+def test_dashboard_config_maps_hold_byte_for_byte_the_files_compose_grafana_provisions(objects):
     maps = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"].get("labels", {}).get("grafana_dashboard")]
-    shipped = {p.name: p.read_text() for p in (ROOT / "grafana" / "dashboards").glob("*.json")}
-    found = {}
+    provisioned = {path.name: path.read_bytes() for path in compose_dashboard_files()}
+    assert provisioned, "the Compose Grafana provisions no dashboard"
+    shipped = {}
     for config_map in maps:
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert config_map["metadata"]["namespace"] == "monitoring"
-        found.update(config_map["data"])
-    assert found == shipped
-    for text in found.values():
+        for name, text in config_map["data"].items():
+            assert name not in shipped, f"{name} is in two ConfigMaps"
+            shipped[name] = text.encode()
+    assert shipped == provisioned
+    for text in shipped.values():
         assert all(p["datasource"]["uid"] == "prometheus" for p in json.loads(text)["panels"])
+
+
+def test_the_k8s_alert_receiver_reads_byte_for_byte_the_runbook_the_compose_one_reads(objects):
+    compose_path = COMPOSE_SERVICES["alert-receiver"]["environment"]["RUNBOOK_PATH"]
+    runbook = compose_host_path("alert-receiver", compose_path).read_bytes()
+    pod = one(objects, "Deployment", "hvs-alert-receiver")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    path = {e["name"]: e.get("value") for e in container["env"]}["RUNBOOK_PATH"]
+    [mount] = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = one(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["data"][posixpath.relpath(path, mount["mountPath"])].encode() == runbook
 
 
 def test_alert_routing_reaches_the_receiver(objects):
@@ -171,9 +243,6 @@ def test_alert_routing_reaches_the_receiver(objects):
     for r in spec["receivers"]:
         for hook in r["webhookConfigs"]:
             assert hook["url"].startswith(host + "/alerts/")
-    assert (
-        one(objects, "ConfigMap", "hvs-runbook")["data"]["runbook.md"] == (ROOT / "prometheus/runbook.md").read_text()
-    )
     values = yaml.safe_load((K8S / "helm-values.yaml").read_text())
     selector = values["alertmanager"]["alertmanagerSpec"]["alertmanagerConfigSelector"]["matchLabels"]
     assert selector.items() <= config["metadata"]["labels"].items()

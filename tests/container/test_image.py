@@ -1,6 +1,6 @@
 """The API image on its own: the default build with its built-in model, the user's original
-`docker run -e BEST_MLFLOW_RUN_ID -v ${PWD}/mlruns:/app/mlruns`, and the image run as the
-Kubernetes Deployment runs it."""
+`docker run -e BEST_MLFLOW_RUN_ID -v ${PWD}/mlruns:/app/mlruns`, the image run as the
+Kubernetes Deployment runs it, and the modules the Compose services run found in their images."""
 
 import json
 import math
@@ -11,7 +11,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.container.compose import failure
+from tests.container.compose import ComposeLab, failure
 from tests.container.engine import docker
 from tests.support import DOCKERFILE, HAZARDOUS, NORMAL, ROOT, answers_200, free_port, http, run_id_of, wait_for
 
@@ -181,3 +181,30 @@ def test_the_image_runs_as_the_kubernetes_pod_runs_it(image, run_container, pod_
     assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"].strip() == "1", fields
     write = docker("exec", name, "touch", "/app/written", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr, write
+
+
+@pytest.fixture(scope="module")
+def compose_python_m(images) -> list[tuple[str, str, str]]:
+    """``(service, image, module)`` of every Compose service that runs ``python -m``, as
+    ``docker compose config`` resolves them under the test's image tag; those images built."""
+    lab = ComposeLab()
+    config = lab.compose("config", "--format", "json")
+    assert config.returncode == 0, failure(config, "docker compose config")
+    found = [
+        (name, service["image"], service["command"][2])
+        for name, service in json.loads(config.stdout)["services"].items()
+        if (service.get("command") or [])[:2] == ["python", "-m"]
+    ]
+    assert found, "no Compose service runs python -m"
+    # One service per image: those of one image share its build.
+    builders = {image: name for name, image, _ in found}
+    built = lab.compose("build", *sorted(builders.values()), timeout=1200)
+    assert built.returncode == 0, failure(built, f"docker compose build {' '.join(sorted(builders.values()))}")
+    return found
+
+
+def test_every_python_m_module_compose_runs_is_found_in_the_image_compose_builds(compose_python_m):
+    code = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
+    for name, image, module in compose_python_m:
+        found = docker("run", "--rm", "--entrypoint", "python", image, "-c", code, module, check=False)
+        assert found.returncode == 0, failure(found, f"{name}: python finds no module {module} in {image}")
