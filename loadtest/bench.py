@@ -12,7 +12,10 @@ plus the in-process model call (the model's own limit). wrk (one thread, fixed c
 loads one target at a time, the targets interleaved round by round (A B C A B C ...), and the
 table gives the median of the rounds with their min and max. Server CPU per request comes from
 /proc (master and workers); RSS is per worker. Then the ``/metrics`` scrape is timed, the
-workers are replaced 500 times, and it is timed again.
+workers are replaced 500 times, and it is timed again. Last, what one worker replacement costs
+until the new worker has answered its first request, with the registry check a new worker now
+makes before that answer (so that it never serves a champion older than the registry's) and
+without it (``MODEL_RELOAD_SECONDS=0``): two one-worker servers, trials interleaved in blocks.
 
 Usage: python -m loadtest.bench [--rounds N] [--duration S] [--connections C] [--restarts R]
 Writes results/bench.json and results/bench.md.
@@ -67,7 +70,7 @@ def process_tree(pid: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
         children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # It exited while being read.
         return []
     return [pid] + [p for child in children for p in process_tree(child)]
 
@@ -77,7 +80,7 @@ def cpu_seconds(pids: list[int]) -> float:
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLOCK_TICKS
@@ -240,6 +243,43 @@ def replace_workers(server: Server, restarts: int) -> None:
             time.sleep(0.005)
 
 
+def tree_cpu_seconds(server: Server) -> float:
+    """CPU of a server's master, its live workers and every worker it has reaped."""
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    master = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return master / CLOCK_TICKS + cpu_seconds(server.workers())
+
+
+def post(port: int, body: bytes) -> int:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+        return response.status
+
+
+def replace_and_answer(server: Server, body: bytes, trials: int) -> tuple[list[float], float]:
+    """Kill a one-worker server's worker and time until its replacement has answered a
+    /predict, ``trials`` times: the wall time of each, and the CPU of all of them."""
+    walls = []
+    cpu_before = tree_cpu_seconds(server)
+    for _ in range(trials):
+        [victim] = server.workers()
+        started = time.perf_counter()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            workers = server.workers()
+            if workers and victim not in workers:
+                break
+            time.sleep(0.001)
+        assert post(server.port, body) == 200
+        walls.append(time.perf_counter() - started)
+    return walls, tree_cpu_seconds(server) - cpu_before
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -250,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--restarts", type=int, default=500)
+    parser.add_argument("--replacements", type=int, default=200, help="per server, for the replacement cost")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
@@ -311,6 +352,19 @@ def main(argv: list[str] | None = None) -> int:
             {"MLFLOW_TRACKING_URI": store.tracking_uri(), "MLFLOW_REGISTRY_URI": store.tracking_uri()},
             ready_path="/ping",
         ),
+        # One worker each, so the first request after a replacement is the new worker's.
+        "replace-check": Server(
+            "replace-check",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "WORKERS": "1", "MODEL_RELOAD_SECONDS": "30", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m3")},
+        ),
+        "replace-nocheck": Server(
+            "replace-nocheck",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "WORKERS": "1", "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m4")},
+        ),
     }
     targets = [
         Target("hello", servers["hello"], "/hello", json.dumps({"ping": 1})),
@@ -361,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
         restart_seconds = time.monotonic() - started
         files_after = len(list((workdir / "m1").glob("*.db")))
         scrape_after = scrape_ms(predict)
+
+        log(f"replacing a one-worker server's worker {args.replacements} times, with and without the check")
+        replacement = {"check": {"walls": [], "cpu": 0.0}, "nocheck": {"walls": [], "cpu": 0.0}}
+        body = json.dumps(record).encode()
+        block = 10
+        for _ in range(max(1, args.replacements // block)):
+            for kind in ("check", "nocheck"):
+                walls, cpu = replace_and_answer(servers[f"replace-{kind}"], body, block)
+                replacement[kind]["walls"] += walls
+                replacement[kind]["cpu"] += cpu
     finally:
         for server in servers.values():
             server.stop()
@@ -425,6 +489,14 @@ def main(argv: list[str] | None = None) -> int:
             "files_before": files_before,
             "files_after": files_after,
         },
+        "replacement": {
+            kind: {
+                "trials": len(figures["walls"]),
+                "wall_ms_to_first_answer": summary([w * 1000 for w in figures["walls"]]),
+                "cpu_ms_per_replacement": figures["cpu"] * 1000 / len(figures["walls"]),
+            }
+            for kind, figures in replacement.items()
+        },
         "checks": [
             {"check": c, "value": v, "target": f"{op} {t}", "met": v >= t if op == ">=" else v <= t}
             for c, v, op, t in checks
@@ -436,6 +508,19 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def replacement_line(replacement: dict) -> str:
+    check, nocheck = replacement["check"], replacement["nocheck"]
+    wall = check["wall_ms_to_first_answer"]["median"], nocheck["wall_ms_to_first_answer"]["median"]
+    cpu = check["cpu_ms_per_replacement"], nocheck["cpu_ms_per_replacement"]
+    return (
+        f"A worker replacement, from SIGKILL to the new worker's first answer ({check['trials']} trials each, "
+        f"interleaved): {wall[0]:.1f} ms median and {cpu[0]:.1f} ms of CPU with the registry check before that "
+        f"answer, {wall[1]:.1f} ms and {cpu[1]:.1f} ms without it (MODEL_RELOAD_SECONDS=0): the check costs "
+        f"{wall[0] - wall[1]:+.1f} ms of wall time ({wall[0] / wall[1]:.2f}x) and {cpu[0] - cpu[1]:+.1f} ms of CPU "
+        f"({cpu[0] / cpu[1]:.2f}x) per replacement."
+    )
 
 
 def render(results: dict) -> str:
@@ -475,6 +560,8 @@ def render(results: dict) -> str:
         f"/metrics scrape: {results['scrape']['before_ms']:.1f} ms with {results['scrape']['files_before']} files, "
         f"{results['scrape']['after_ms']:.1f} ms with {results['scrape']['files_after']} files after "
         f"{results['scrape']['restarts']} worker restarts ({results['scrape']['restart_seconds']:.0f} s).",
+        "",
+        replacement_line(results["replacement"]),
         "",
         "| target | measured | goal | met |",
         "| --- | --- | --- | --- |",
