@@ -367,18 +367,31 @@ def panel_queries(rate_interval: str = "1m") -> list[PanelQuery]:
     return queries
 
 
+# MLflow copies every URI it is pointed at into these (for subprocesses), so store.client() sets them.
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def environment_restored(*names: str):
+    """On leaving the block, put the named environment variables back as they were, set or not."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_id_of(mlruns: Path, candidate: str) -> str:
     """The id of the training run of one candidate in a store."""
     from hvs_api import store
 
-    previous = os.environ.get("MLRUNS_DIR")
-    os.environ["MLRUNS_DIR"] = str(mlruns)
-    try:
+    with environment_restored("MLRUNS_DIR", *MLFLOW_URI_VARIABLES):
+        os.environ["MLRUNS_DIR"] = str(mlruns)
         client = store.client()
         experiment = client.get_experiment_by_name(store.EXPERIMENT).experiment_id
         [run] = client.search_runs([experiment], f"attributes.run_name = '{candidate}'")
         return run.info.run_id
-    finally:
-        os.environ.pop("MLRUNS_DIR")
-        if previous is not None:
-            os.environ["MLRUNS_DIR"] = previous

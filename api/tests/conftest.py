@@ -10,28 +10,12 @@ import pytest
 from flask import Flask
 
 from hvs_api import create_app, model, store, train
-from tests.support import HAZARDOUS, NORMAL
+from tests.support import HAZARDOUS, MLFLOW_URI_VARIABLES, NORMAL, environment_restored
 
 # Small enough to train in seconds, large enough for every candidate to learn the rule.
 TEST_SAMPLES = 4000
-# MLflow copies every URI it is pointed at into these (for subprocesses), so store.client() sets them.
-MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # pytest names the running test and its phase here, so it differs between setup and teardown.
 PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
-
-
-@contextlib.contextmanager
-def environment_restored(*names: str) -> Iterator[None]:
-    """On leaving the block, put the named environment variables back as they were, set or not."""
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
