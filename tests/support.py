@@ -307,6 +307,19 @@ class ApiServer:
         )
         return victim
 
+    def predictions_by_worker(self) -> dict[int, float]:
+        """Predictions each live worker has counted so far, read from its own metrics file."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        counted = {}
+        for pid in self.worker_pids():
+            path = self.metrics_dir / f"counter_{pid}.db"
+            values = MmapedDict.read_all_values_from_file(str(path)) if path.exists() else []
+            counted[pid] = sum(
+                value for key, value, *_ in values if json.loads(key)[1] == "hvs_api_prediction_outcomes_total"
+            )
+        return counted
+
     def metric_files_of_dead_processes(self) -> list[str]:
         """Files in the metrics directory that belong to neither a live process nor the archive."""
         live = {"archive", str(self.process.pid), *map(str, self.worker_pids())}

@@ -75,7 +75,10 @@ def test_a_worker_killed_under_load_loses_only_the_request_it_held(trained_mlrun
     log = tmp_path / "locust.log"
     totals = []
     with traffic(server.url, "SteadyUser", log, users=8, HVS_MAX_P95_MS="inf"):
+        # Both workers have counts of their own first, so the victim's must survive its death.
+        wait_for(lambda: min(server.predictions_by_worker().values()) >= 10, 60, "both workers to predict")
         with one_worker_held(server.port, NORMAL, server) as held:
+            victim_counted = server.predictions_by_worker()[held.worker]
             wait_for(lambda: totals.append(predict_ok(server.metrics())) or totals[-1] >= 50, 60, "traffic")
             server.kill_worker(held.worker)
         # The replacement serves too: traffic goes on past the kill.
@@ -84,7 +87,7 @@ def test_a_worker_killed_under_load_loses_only_the_request_it_held(trained_mlrun
     requests, failures = locust_totals(log)
     assert held.status == 0 and held.error is not None, (held.status, held.body)
     assert failures == 0, log.read_text()[-3000:]
-    assert totals == sorted(totals), "a counter went down"
+    assert victim_counted >= 10 and totals == sorted(totals), "a counter went down"
     figures["worker_killed_under_load"] = {
         "locust_requests": requests,
         "locust_failures": failures,
