@@ -288,6 +288,25 @@ def test_prometheus_and_alertmanager_flags_exist_in_the_tested_binaries(service,
         assert f"{flag.split('=')[0]}=" in help_text, f"{binary} has no flag {flag}"
 
 
+@pytest.mark.parametrize("service", ["prometheus", "alertmanager"])
+def test_external_urls_are_the_host_address_a_user_opens(service):
+    """Alert links (generatorURL, silences) use the external URL: it must be the published port."""
+    [flag] = [f for f in SERVICES[service]["command"] if f.startswith("--web.external-url=")]
+    # "<bind address>:<published port>:<container port>", each part maybe a ${VARIABLE:-default}.
+    [published] = [re.fullmatch(r"(\$\{[^}]*\}|[^:]*):(.*):\d+", str(m)).group(2) for m in SERVICES[service]["ports"]]
+    assert flag.split("=", 1)[1] == f"http://localhost:{published}", flag
+
+
+def test_prometheus_starts_after_the_api_answers_so_the_first_start_pages_nobody():
+    assert SERVICES["prometheus"]["depends_on"]["api"] == {"condition": "service_healthy"}
+
+
+def test_prometheus_keeps_the_whole_slo_window():
+    [flag] = [f for f in SERVICES["prometheus"]["command"] if f.startswith("--storage.tsdb.retention.time=")]
+    # The 30-day SLO's ratios need 30 days of samples.
+    assert int(re.fullmatch(r"(\d+)d", flag.split("=", 1)[1]).group(1)) >= 30, flag
+
+
 def test_scrape_and_alerting_targets_are_services_on_their_ports():
     prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]

@@ -61,6 +61,10 @@ class AlertLog:
                     "summary": annotations.get("summary", ""),
                     "description": annotations.get("description", ""),
                     "runbook_url": annotations.get("runbook_url", ""),
+                    # Where to look: the alert's expression in Prometheus, and a silence for
+                    # exactly these labels in Alertmanager, both at their external URLs.
+                    "generator_url": alert.get("generatorURL", ""),
+                    "silence_url": silence_link(notification.get("externalURL", ""), labels),
                     "starts_at": alert.get("startsAt", ""),
                     "ends_at": alert.get("endsAt", ""),
                 }
@@ -96,6 +100,21 @@ def runbook_link(url: str) -> str:
     return f"/runbook#{parts.fragment}" if parts.path == "/runbook" else url
 
 
+def silence_link(alertmanager_url: str, labels: dict) -> str:
+    """Alertmanager's new-silence page with the alert's labels as its matchers ("" without a URL)."""
+    if not alertmanager_url.startswith(("http://", "https://")):
+        return ""
+    matchers = ",".join(f'{name}="{value}"' for name, value in sorted(labels.items()))
+    return f"{alertmanager_url.rstrip('/')}/#/silences/new?filter=" + urllib.parse.quote("{" + matchers + "}")
+
+
+def _link(url: str, text: str) -> str:
+    # Only web links: a notification is input from the network, not trusted markup.
+    if not url.startswith(("http://", "https://", "/")):
+        return ""
+    return f"<a href='{html.escape(url, quote=True)}'>{text}</a>"
+
+
 def render_alerts(alerts: list[dict]) -> bytes:
     rows = "".join(
         "<tr>"
@@ -104,7 +123,8 @@ def render_alerts(alerts: list[dict]) -> bytes:
         f"<td>{html.escape(a['route'])}</td><td>{html.escape(a['severity'])}</td>"
         f"<td>{html.escape(a['alertname'])}</td><td>{html.escape(a['summary'])}</td>"
         f"<td>{html.escape(a['description'])}</td>"
-        f"<td><a href='{html.escape(runbook_link(a['runbook_url']), quote=True)}'>runbook</a></td>"
+        f"<td>{_link(runbook_link(a['runbook_url']), 'runbook')} {_link(a.get('generator_url', ''), 'Prometheus')} "
+        f"{_link(a.get('silence_url', ''), 'silence')}</td>"
         "</tr>"
         for a in alerts
     )

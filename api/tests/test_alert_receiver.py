@@ -1,6 +1,7 @@
 import json
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -21,8 +22,10 @@ NOTIFICATION = {
                 "runbook_url": "http://localhost:9095/runbook#hvsapidown",
             },
             "startsAt": "2026-11-27T10:00:00Z",
+            "generatorURL": "http://localhost:9090/graph?g0.expr=up%3D%3D0",
         }
     ],
+    "externalURL": "http://localhost:9093",
 }
 
 
@@ -61,6 +64,22 @@ def test_notifications_are_kept_listed_and_logged(receiver, capsys):
     assert "HvsApiDown" in page and "<script>" not in page and "&lt;script&gt;" in page
     # The receiver's own runbook, whatever port it is published on.
     assert "href='/runbook#hvsapidown'" in page
+
+
+def test_each_alert_links_its_prometheus_expression_and_a_silence_of_its_labels(receiver):
+    hostile = {**NOTIFICATION["alerts"][0], "generatorURL": "javascript:alert(1)"}
+    call(receiver + "/alerts/pages", NOTIFICATION)
+    call(receiver + "/alerts/pages", {**NOTIFICATION, "alerts": [hostile], "externalURL": "javascript:x"})
+    hostile_entry, alert = json.loads(call(receiver + "/alerts")[1])
+    assert alert["generator_url"] == "http://localhost:9090/graph?g0.expr=up%3D%3D0"
+    assert alert["silence_url"] == (
+        "http://localhost:9093/#/silences/new?filter="
+        + urllib.parse.quote('{alertname="HvsApiDown",job="hvs-api",severity="critical"}')
+    )
+    page = call(receiver + "/")[1]
+    assert f"href='{alert['silence_url']}'" in page and "href='http://localhost:9090/graph" in page
+    # Links from the network are followed only when they are web links.
+    assert hostile_entry["silence_url"] == "" and "javascript:" not in page
 
 
 def test_runbooks_elsewhere_are_linked_as_they_are():

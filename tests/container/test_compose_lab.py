@@ -170,9 +170,13 @@ def inhibited_by_api_down() -> re.Pattern:
 
 def test_stopping_the_api_delivers_hvsapidown_and_holds_back_what_it_inhibits(lab):
     after("up")
+    receiver = lab.url("alert-receiver")
+    # Until now (a clean first start, training included, then the earlier steps' traffic and
+    # retraining) nothing has paged.
+    pages = [a["alertname"] for a in json.loads(http("GET", receiver + "/alerts")[1]) if a["route"] == "pages"]
+    assert pages == [], pages
     result = lab.compose("stop", "api")
     assert result.returncode == 0, failure(result, "docker compose stop api")
-    receiver = lab.url("alert-receiver")
 
     def delivered():
         alerts = json.loads(http("GET", receiver + "/alerts")[1])
@@ -181,6 +185,9 @@ def test_stopping_the_api_delivers_hvsapidown_and_holds_back_what_it_inhibits(la
     # `for: 1m` after the first failed scrape (15 s apart), then the page route's 10 s group_wait.
     [down] = wait_for(delivered, 180, "HvsApiDown at the alert receiver", interval=3)
     assert down["route"] == "pages" and down["severity"] == "critical"
+    # Its links open from the host: Prometheus's and Alertmanager's external URLs.
+    assert down["generator_url"].startswith(f"http://localhost:{lab.ports['prometheus']}/graph?"), down
+    assert down["silence_url"].startswith(f"http://localhost:{lab.ports['alertmanager']}/#/silences/new?"), down
     inhibited = inhibited_by_api_down()
     received = {a["alertname"] for a in json.loads(http("GET", receiver + "/alerts")[1])}
     assert not {name for name in received if inhibited.fullmatch(name)}, received
