@@ -58,6 +58,18 @@ control_socket_disable = True
 loglevel = os.environ.get("LOG_LEVEL", "info")
 
 
+def when_ready(server):
+    """Drop the master's live gauges before the first worker starts.
+
+    The master builds the app (preload_app), so prometheus_client gave it a file of live gauges
+    at their initial 0, which it never sets: hvs_model_loaded's "livemin" would read that 0
+    forever. The master serves nothing, so its live gauges have nothing to say.
+    """
+    from prometheus_client.multiprocess import mark_process_dead
+
+    mark_process_dead(os.getpid(), _metrics_dir)
+
+
 def child_exit(server, worker):
     """Drop the exited worker's live gauges and fold its counts into the archive files.
 

@@ -120,7 +120,8 @@ class ApiMetrics:
             registry=registry,
         )
         # Gauges about the model hold the same value in every live worker; "livemax"
-        # shows it once and drops the values of workers that have exited.
+        # shows it once and drops the values of workers that have exited (except
+        # hvs_model_loaded, below).
         self.model_info = Gauge(
             "hvs_model_info",
             "The model being served (value 1), by registered name, version and training run",
@@ -128,11 +129,14 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # The lowest of the live workers' values: one worker without a model (whose share of
+        # the requests gets 503) reads 0, where "livemax" would read 1. The gunicorn master,
+        # which builds the app but never sets this, drops its own file (gunicorn.conf.py).
         self.model_loaded = Gauge(
             "hvs_model_loaded",
-            "1 when a model is loaded and predictions are served, 0 otherwise",
+            "1 when every live worker has a model loaded and serves predictions, 0 otherwise",
             registry=registry,
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemin",
         )
         self.injected_faults = Counter(
             "hvs_api_injected_faults_total",

@@ -230,3 +230,19 @@ def test_a_sighup_reload_replaces_the_workers_and_keeps_every_count(trained_mlru
     assert predict_ok(text) == 6
     assert (outcome(text, "Normal"), outcome(text, "Hazardous")) == (4, 2)
     assert "Hang up" in server.log() or "Handling signal: hup" in server.log()
+
+
+def test_one_worker_without_a_model_reads_as_no_model_loaded(tmp_path, start_api):
+    """hvs_model_loaded is the lowest of the live workers' values: while one worker still has no
+    model (and answers 503), the scrape says 0, so HvsModelNotLoaded can see a partial failure."""
+    mlruns = tmp_path / "mlruns"
+    mlruns.mkdir()
+    server = start_api(mlruns, wait_ready=False, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "3600"})
+    # Both workers have answered once, without a model; no poll will come during the test.
+    assert sorted(status for status, _ in answers_of_both_workers(server.port, NORMAL, server)) == [503, 503]
+    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
+    server.kill_worker()
+    # The new worker finds the champion before its first answer; the other one still has none.
+    assert sorted(status for status, _ in answers_of_both_workers(server.port, NORMAL, server)) == [200, 503]
+    assert metric_value(server.metrics(), "hvs_model_loaded") == 0
