@@ -81,7 +81,7 @@ test: $(VENV_STAMP) $(CHECKOV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
 test-container: $(VENV_STAMP) system-deps
 	$(BIN)/pytest tests/container $(PYTEST_ARGS)
 
-.PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards and runbook
+.PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards, runbook and alertmanager.yml
 k8s: $(VENV_STAMP)
 	$(BIN)/python k8s/generate.py
 

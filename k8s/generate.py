@@ -3,7 +3,10 @@
 - ``hvs-api-prometheusrule.yaml``: a PrometheusRule whose groups are prometheus/rules/*.yml;
 - ``grafana-dashboards-configmap.yaml``: one ConfigMap per grafana/dashboards/*.json, labelled
   for kube-prometheus-stack's Grafana dashboard sidecar;
-- ``hvs-runbook-configmap.yaml``: prometheus/runbook.md for the alert receiver.
+- ``hvs-runbook-configmap.yaml``: prometheus/runbook.md for the alert receiver;
+- ``hvs-api-alertmanagerconfig.yaml``: alertmanager/alertmanager.yml in prometheus-operator's
+  form (route, receivers, and the inhibitions, which are written only there), its webhooks
+  pointed at the alert receiver's Service.
 
 Kustomize cannot read files outside the kustomization's folder (and cannot put a file's
 content into a custom resource), hence this step. Run ``make k8s``; a test fails when the
@@ -13,6 +16,7 @@ Usage: python k8s/generate.py [--check]
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -92,12 +96,118 @@ def runbook() -> str:
     return HEADER.format(source="prometheus/runbook.md") + dump([config_map])
 
 
+# The Compose hosts that alertmanager.yml's webhooks name, and the k8s Service of each.
+SERVICES = {"alert-receiver:9095": ROOT / "k8s" / "base" / "hvs-alert-receiver-service.yaml"}
+# A Compose matcher: label, operator, quoted value (alertname=~"A|B").
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+# alertmanager.yml's route keys and their AlertmanagerConfig names.
+ROUTE_KEYS = {
+    "receiver": "receiver",
+    "group_by": "groupBy",
+    "group_wait": "groupWait",
+    "group_interval": "groupInterval",
+    "repeat_interval": "repeatInterval",
+    "continue": "continue",
+}
+
+
+def matchers(compose: list[str]) -> list[dict]:
+    """Compose matchers (``severity="critical"``) as the operator's ``name``/``value``/``matchType``.
+
+    ``=``, the operator's default, is left out: kustomize writes it back unquoted, and PyYAML
+    (the tests') reads a bare ``=`` as YAML 1.1's value tag and refuses it.
+    """
+    converted = []
+    for text in compose:
+        match = MATCHER.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(f"not a matcher this script understands: {text}")
+        name, operator, value = match.groups()
+        converted.append({"name": name, "value": value.replace('\\"', '"')})
+        if operator != "=":
+            converted[-1]["matchType"] = operator
+    return converted
+
+
+def route(compose: dict) -> dict:
+    """One Compose route and its children, in the operator's camelCase form and in the same order."""
+    converted = {}
+    for key, value in compose.items():
+        if key == "matchers":
+            converted["matchers"] = matchers(value)
+        elif key == "routes":
+            converted["routes"] = [route(child) for child in value]
+        elif key in ROUTE_KEYS:
+            converted[ROUTE_KEYS[key]] = value
+        else:
+            raise ValueError(f"a route key this script cannot convert: {key}")
+    return converted
+
+
+def in_cluster(url: str) -> str:
+    """A Compose webhook URL with its host replaced by the k8s Service's DNS name and port."""
+    [(host, path)] = [(h, p) for h, p in SERVICES.items() if f"//{h}/" in url]
+    service = yaml.safe_load(path.read_text())
+    meta, port = service["metadata"], service["spec"]["ports"][0]["port"]
+    return url.replace(f"//{host}/", f"//{meta['name']}.{meta['namespace']}.svc:{port}/")
+
+
+def receiver(compose: dict) -> dict:
+    unknown = set(compose) - {"name", "webhook_configs"}
+    if unknown:
+        raise ValueError(f"receiver {compose['name']}: configs this script cannot convert: {sorted(unknown)}")
+    hooks = []
+    for hook in compose.get("webhook_configs", []):
+        if set(hook) - {"url", "send_resolved"}:
+            raise ValueError(f"receiver {compose['name']}: webhook keys this script cannot convert: {sorted(hook)}")
+        hooks.append({"url": in_cluster(hook["url"])})
+        if "send_resolved" in hook:
+            hooks[-1]["sendResolved"] = hook["send_resolved"]
+    return {"name": compose["name"], "webhookConfigs": hooks}
+
+
+def alertmanager_config() -> str:
+    compose = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    converted = route(compose["route"])
+    # The operator nests this route under its own root: it must only take the API's alerts.
+    job = {"name": "job", "value": "hvs-api"}
+    top = {"receiver": converted.pop("receiver"), "matchers": [job, *converted.pop("matchers", [])], **converted}
+    inhibit_rules = [
+        {
+            "sourceMatch": matchers(rule["source_matchers"]),
+            "targetMatch": matchers(rule["target_matchers"]),
+            "equal": rule["equal"],
+        }
+        for rule in compose["inhibit_rules"]
+    ]
+    config = {
+        "apiVersion": "monitoring.coreos.com/v1alpha1",
+        "kind": "AlertmanagerConfig",
+        "metadata": {
+            "name": "hvs-api",
+            "namespace": "monitoring",
+            # kube-prometheus-stack's Alertmanager selects AlertmanagerConfigs by this label
+            # (alertmanagerConfigSelector in k8s/helm-values.yaml), which also sets the matcher
+            # strategy None: the API's alerts carry no namespace label to match.
+            "labels": {"release": "prometheus", "app.kubernetes.io/component": "alerting", **LABELS},
+        },
+        # alertmanager.yml's global resolve_timeout belongs to the operator's Alertmanager.
+        "spec": {
+            "route": top,
+            "inhibitRules": inhibit_rules,
+            "receivers": [receiver(r) for r in compose["receivers"]],
+        },
+    }
+    return HEADER.format(source="alertmanager/alertmanager.yml") + dump([config])
+
+
 def generated() -> dict[str, str]:
     """File name -> content of every generated file."""
     return {
         "hvs-api-prometheusrule.yaml": prometheus_rule(),
         "grafana-dashboards-configmap.yaml": dashboards(),
         "hvs-runbook-configmap.yaml": runbook(),
+        "hvs-api-alertmanagerconfig.yaml": alertmanager_config(),
     }
 
 

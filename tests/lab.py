@@ -24,7 +24,7 @@ from tests.support import ROOT, answers_200, free_port, http, stop_process_group
 
 # `for:` durations, range windows and Alertmanager's timings shrink by this factor (1m -> 2s,
 # 5m -> 10s, 1h -> 2m). Not further: Prometheus only starts scraping after its first 5-second
-# discovery round, and a 5s `for:` on HvsApiAbsent would fire during that start-up gap.
+# discovery round, and a 5s `for:` on HvsApiDown's no-target rule would fire during that start-up gap.
 TIME_SCALE = 30
 SCRAPE_INTERVAL = "1s"
 # A rate needs two samples in its window: with a 1s scrape, no window below 4s.

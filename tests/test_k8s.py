@@ -248,6 +248,29 @@ def test_alert_routing_reaches_the_receiver(objects):
     assert selector.items() <= config["metadata"]["labels"].items()
 
 
+def test_alert_routing_and_inhibitions_are_the_compose_alertmanagers(objects):
+    """The AlertmanagerConfig says what alertmanager.yml says, matcher for matcher."""
+
+    def parsed(compose_matchers: list[str]) -> list[dict]:
+        """Compose matchers as the operator's, whose matchType "=" is the default, left out."""
+        found = [re.fullmatch(r'(\w+)(=~|!~|!=|=)"(.*)"', m).groups() for m in compose_matchers]
+        return [{"name": name, "value": value} | ({"matchType": op} if op != "=" else {}) for name, op, value in found]
+
+    compose = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    spec = one(objects, "AlertmanagerConfig", "hvs-api")["spec"]
+    assert spec["inhibitRules"] == [
+        {"sourceMatch": parsed(r["source_matchers"]), "targetMatch": parsed(r["target_matchers"]), "equal": r["equal"]}
+        for r in compose["inhibit_rules"]
+    ]
+    route = spec["route"]
+    assert route["matchers"] == [{"name": "job", "value": "hvs-api"}]
+    assert (route["receiver"], route["groupBy"]) == (compose["route"]["receiver"], compose["route"]["group_by"])
+    assert [(r["receiver"], r["matchers"]) for r in route["routes"]] == [
+        (r["receiver"], parsed(r["matchers"])) for r in compose["route"]["routes"]
+    ]
+    assert [r["name"] for r in spec["receivers"]] == [r["name"] for r in compose["receivers"]]
+
+
 def test_api_deployment_is_hardened_and_sized(objects):
     deployment = one(objects, "Deployment", "hvs-api")
     assert "replicas" not in deployment["spec"]
