@@ -4,6 +4,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import thread as futures_thread
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,21 @@ def store_at(folder: Path) -> Iterator[Path]:
         yield folder
 
 
+def is_pool_worker(thread: threading.Thread) -> bool:
+    """A worker of a process-wide ThreadPoolExecutor (MLflow keeps one for artifact downloads and
+    grows it on demand): shared by design and idle between tasks, not something a test left."""
+    return getattr(thread, "_target", None) is futures_thread._worker
+
+
 @pytest.fixture(autouse=True)
 def leaves_no_thread_or_variable_behind() -> Iterator[None]:
     """Fails a test that leaves a thread it started running, or the environment changed."""
     threads_before = set(threading.enumerate())
     environment_before = dict(os.environ)
     yield
-    running = sorted(thread.name for thread in threading.enumerate() if thread not in threads_before)
+    running = sorted(
+        thread.name for thread in threading.enumerate() if thread not in threads_before and not is_pool_worker(thread)
+    )
     changed = sorted(
         name
         for name in environment_before.keys() | os.environ.keys()
