@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, answers_200, free_port, http, stop_process_group, wait_for
+from tests.support import ROOT, answers_200, free_port, http, seconds, stop_process_group, wait_for
 
 # `for:` durations, range windows and Alertmanager's timings shrink by this factor (1m -> 2s,
 # 5m -> 10s, 1h -> 2m). Not further: Prometheus only starts scraping after its first 5-second
@@ -29,11 +29,6 @@ TIME_SCALE = 30
 SCRAPE_INTERVAL = "1s"
 # A rate needs two samples in its window: with a 1s scrape, no window below 4s.
 SHORTEST_WINDOW = 4
-UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def seconds(duration: str) -> float:
-    return sum(float(n) * UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", duration))
 
 
 def scaled(duration: str) -> str:

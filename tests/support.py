@@ -28,6 +28,14 @@ NORMAL = json.loads((ROOT / "test_payload.json").read_text())
 HAZARDOUS = json.loads((ROOT / "test_payload_hazardous.json").read_text())
 
 
+PROMETHEUS_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration (``500ms``, ``5m``, ``1h30m``, ``30d``) in seconds."""
+    return sum(float(n) * PROMETHEUS_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", duration))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

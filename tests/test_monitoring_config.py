@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT, rule_groups
+from tests.support import ROOT, rule_groups, seconds
 
 PROMETHEUS = ROOT / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
@@ -43,22 +43,15 @@ def test_rule_unit_tests_pass():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def seconds(duration: str) -> int:
-    return sum(int(n) * UNITS[unit] for n, unit in re.findall(r"(\d+)([smhd])", duration))
-
-
-def alert_checks() -> dict[str, list[tuple[int, list[tuple[int, bool]]]]]:
+def alert_checks() -> dict[str, list[tuple[float, list[tuple[float, bool]]]]]:
     """Alert name -> per test case: its file's evaluation interval and the case's
     ``(eval_time, expected to fire)`` checks of that alert, in seconds and in time order."""
-    checks: dict[str, list[tuple[int, list[tuple[int, bool]]]]] = {}
+    checks: dict[str, list[tuple[float, list[tuple[float, bool]]]]] = {}
     for path in RULE_TESTS:
         tests = yaml.safe_load(path.read_text())
         step = seconds(tests.get("evaluation_interval", "1m"))
         for case in tests["tests"]:
-            in_case: dict[str, list[tuple[int, bool]]] = {}
+            in_case: dict[str, list[tuple[float, bool]]] = {}
             for check in case.get("alert_rule_test", []):
                 verdict = (seconds(check["eval_time"]), bool(check["exp_alerts"]))
                 in_case.setdefault(check["alertname"], []).append(verdict)
