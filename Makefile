@@ -15,6 +15,9 @@ SPAWN_RATE ?= 5
 DURATION ?= 1m
 SCENARIO ?= SteadyUser
 RESULTS ?= results
+# make bench-rules: the size of the synthetic TSDB (the HPA's 10 instances, the SLO's 30 days).
+BENCH_DAYS ?= 30
+BENCH_INSTANCES ?= 10
 
 BIN := $(VENV)/bin
 # Rebuilt whenever a dependency list changes.
@@ -124,6 +127,10 @@ load: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
+
+.PHONY: bench-rules  ## the rule groups' evaluation time on 30 days x 10 instances, before and after issue 11 (results/bench-rules.json)
+bench-rules: $(VENV_STAMP)
+	BENCH_DAYS=$(BENCH_DAYS) BENCH_INSTANCES=$(BENCH_INSTANCES) $(BIN)/python -m loadtest.bench_rules $(BENCH_RULES_ARGS)
 
 .PHONY: reliability  ## fuzzing, faults under load and restarts, then print their figures (results/reliability.json)
 reliability: $(VENV_STAMP) system-deps
