@@ -1,12 +1,14 @@
 """Generate k8s/base/generated/ from the lab's own sources, so Compose and Kubernetes share them.
 
-- ``hvs-api-prometheusrule.yaml``: a PrometheusRule whose groups are prometheus/rules/*.yml;
+- ``hvs-api-prometheusrule.yaml``: a PrometheusRule whose groups are prometheus/rules/*.yml,
+  except the lab-only monitoring of the lab's own Prometheus and Alertmanager;
 - ``grafana-dashboards-configmap.yaml``: one ConfigMap per grafana/dashboards/*.json, labelled
   for kube-prometheus-stack's Grafana dashboard sidecar;
 - ``hvs-runbook-configmap.yaml``: prometheus/runbook.md for the alert receiver;
+- ``hvs-blackbox-exporter-configmap.yaml``: blackbox/blackbox.yml for the blackbox exporter;
 - ``hvs-api-alertmanagerconfig.yaml``: alertmanager/alertmanager.yml in prometheus-operator's
   form (route, receivers, and the inhibitions, which are written only there), its webhooks
-  pointed at the alert receiver's Service.
+  pointed at the alert receiver's Service, without the lab-only heartbeat route.
 
 Kustomize cannot read files outside the kustomization's folder (and cannot put a file's
 content into a custom resource), hence this step. Run ``make k8s``; a test fails when the
@@ -44,10 +46,18 @@ def dump(documents: list[dict]) -> str:
     return "---\n".join(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=200) for d in documents)
 
 
+# Rule files that stay in the Compose lab. monitoring-stack.yml watches the lab's own Prometheus
+# and Alertmanager (Watchdog, failed rule evaluations, notifications and reloads), which
+# kube-prometheus-stack's default rules already watch in a cluster: shipping it would fire every
+# such alert twice, under two names.
+LAB_ONLY_RULE_FILES = ("monitoring-stack.yml",)
+
+
 def prometheus_rule() -> str:
     groups = []
     for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
-        groups += yaml.safe_load(path.read_text())["groups"]
+        if path.name not in LAB_ONLY_RULE_FILES:
+            groups += yaml.safe_load(path.read_text())["groups"]
     rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -59,7 +69,7 @@ def prometheus_rule() -> str:
         },
         "spec": {"groups": groups},
     }
-    return HEADER.format(source="prometheus/rules/*.yml") + dump([rule])
+    return HEADER.format(source=f"prometheus/rules/*.yml except {', '.join(LAB_ONLY_RULE_FILES)}") + dump([rule])
 
 
 def dashboards() -> str:
@@ -96,6 +106,9 @@ def runbook() -> str:
     return HEADER.format(source="prometheus/runbook.md") + dump([config_map])
 
 
+# Receivers that stay in the Compose lab, with the routes to them: the Watchdog's heartbeat,
+# whose rule is lab-only too (LAB_ONLY_RULE_FILES); kube-prometheus-stack routes its own.
+LAB_ONLY_RECEIVERS = ("lab-heartbeat",)
 # The Compose hosts that alertmanager.yml's webhooks name, and the k8s Service of each.
 SERVICES = {"alert-receiver:9095": ROOT / "k8s" / "base" / "hvs-alert-receiver-service.yaml"}
 # A Compose matcher: label, operator, quoted value (alertname=~"A|B").
@@ -136,7 +149,7 @@ def route(compose: dict) -> dict:
         if key == "matchers":
             converted["matchers"] = matchers(value)
         elif key == "routes":
-            converted["routes"] = [route(child) for child in value]
+            converted["routes"] = [route(child) for child in value if child.get("receiver") not in LAB_ONLY_RECEIVERS]
         elif key in ROUTE_KEYS:
             converted[ROUTE_KEYS[key]] = value
         else:
@@ -195,10 +208,25 @@ def alertmanager_config() -> str:
         "spec": {
             "route": top,
             "inhibitRules": inhibit_rules,
-            "receivers": [receiver(r) for r in compose["receivers"]],
+            "receivers": [receiver(r) for r in compose["receivers"] if r["name"] not in LAB_ONLY_RECEIVERS],
         },
     }
     return HEADER.format(source="alertmanager/alertmanager.yml") + dump([config])
+
+
+def blackbox_config() -> str:
+    """blackbox/blackbox.yml, the Compose lab's exporter configuration, for the cluster's exporter."""
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "hvs-blackbox-exporter",
+            "namespace": "monitoring",
+            "labels": {"app.kubernetes.io/component": "blackbox-exporter", **LABELS},
+        },
+        "data": {"blackbox.yml": (ROOT / "blackbox" / "blackbox.yml").read_text()},
+    }
+    return HEADER.format(source="blackbox/blackbox.yml") + dump([config_map])
 
 
 def generated() -> dict[str, str]:
@@ -208,6 +236,7 @@ def generated() -> dict[str, str]:
         "grafana-dashboards-configmap.yaml": dashboards(),
         "hvs-runbook-configmap.yaml": runbook(),
         "hvs-api-alertmanagerconfig.yaml": alertmanager_config(),
+        "hvs-blackbox-exporter-configmap.yaml": blackbox_config(),
     }
 
 

@@ -1,7 +1,7 @@
-"""The Compose lab run natively: Debian's Prometheus and Alertmanager and the project's alert
-receiver, on 127.0.0.1, from the very files Compose mounts. Only hosts, ports, intervals, the
-rules' ``for:`` durations and range windows, and Alertmanager's timings are rewritten, all by
-the same factor, so that a test sees in a minute what the lab shows in an hour, and an alert
+"""The Compose lab run natively: Debian's Prometheus, Alertmanager and blackbox exporter and the
+project's alert receiver, on 127.0.0.1, from the very files Compose mounts. Only hosts, ports,
+intervals, the rules' ``for:`` durations and range windows, and Alertmanager's timings are
+rewritten, all by the same factor, so that a test sees in a minute what the lab shows in an hour, and an alert
 fires on the same share of the same traffic as in the lab, whatever Locust's throughput.
 """
 
@@ -56,6 +56,14 @@ def rewrite_rules(source: Path, target: Path) -> None:
     target.write_text(yaml.safe_dump(rules, sort_keys=False))
 
 
+def rewrite_target(target: str, hosts: dict[str, str]) -> str:
+    """A scrape target (``host:port``) or a probed URL (``http://host:port/path``), its host rewritten."""
+    if "://" not in target:
+        return hosts[target]
+    parts = urllib.parse.urlsplit(target)
+    return parts._replace(netloc=hosts[parts.netloc]).geturl()
+
+
 def rewrite_prometheus(source: Path, target: Path, rules_dir: Path, hosts: dict[str, str]) -> None:
     config = yaml.safe_load(source.read_text())
     config["global"]["scrape_interval"] = SCRAPE_INTERVAL
@@ -64,7 +72,11 @@ def rewrite_prometheus(source: Path, target: Path, rules_dir: Path, hosts: dict[
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         for static in job["static_configs"]:
-            static["targets"] = [hosts[t] for t in static["targets"]]
+            static["targets"] = [rewrite_target(t, hosts) for t in static["targets"]]
+        # A probe job scrapes the blackbox exporter, whose address a relabeling sets.
+        for relabel in job.get("relabel_configs", []):
+            if relabel.get("target_label") == "__address__":
+                relabel["replacement"] = hosts[relabel["replacement"]]
     for alertmanager in config["alerting"]["alertmanagers"]:
         for static in alertmanager["static_configs"]:
             static["targets"] = [hosts[t] for t in static["targets"]]
@@ -121,7 +133,8 @@ class Process:
 
 @dataclass
 class Lab:
-    """Prometheus, Alertmanager and the alert receiver around an API already listening on api_port."""
+    """Prometheus, Alertmanager, the blackbox exporter and the alert receiver around an API
+    already listening on api_port."""
 
     workdir: Path
     api_port: int
@@ -129,7 +142,7 @@ class Lab:
     processes: list[Process] = field(default_factory=list)
 
     def start(self) -> "Lab":
-        for name in ("prometheus", "alertmanager", "alert-receiver"):
+        for name in ("prometheus", "alertmanager", "alert-receiver", "blackbox"):
             self.ports[name] = free_port()
         # Grafana and cAdvisor cannot run here: their targets point at a closed port.
         closed = f"127.0.0.1:{free_port()}"
@@ -138,6 +151,7 @@ class Lab:
             "localhost:9090": f"127.0.0.1:{self.ports['prometheus']}",
             "alertmanager:9093": f"127.0.0.1:{self.ports['alertmanager']}",
             "alert-receiver:9095": f"127.0.0.1:{self.ports['alert-receiver']}",
+            "blackbox:9115": f"127.0.0.1:{self.ports['blackbox']}",
             "grafana:3000": closed,
             "cadvisor:8080": closed,
         }
@@ -176,6 +190,18 @@ class Lab:
         )
         self.processes.append(
             Process(
+                "blackbox",
+                [
+                    "prometheus-blackbox-exporter",
+                    # The lab's own file, as Compose mounts it: nothing in it names a host.
+                    f"--config.file={ROOT / 'blackbox' / 'blackbox.yml'}",
+                    f"--web.listen-address=127.0.0.1:{self.ports['blackbox']}",
+                ],
+                self.workdir / "blackbox.log",
+            ).start()
+        )
+        self.processes.append(
+            Process(
                 "prometheus",
                 [
                     "prometheus",
@@ -188,7 +214,13 @@ class Lab:
                 self.workdir / "prometheus.log",
             ).start()
         )
-        for name, path in (("alert-receiver", "/health"), ("alertmanager", "/-/ready"), ("prometheus", "/-/ready")):
+        ready = {
+            "alert-receiver": "/health",
+            "alertmanager": "/-/ready",
+            "blackbox": "/-/healthy",
+            "prometheus": "/-/ready",
+        }
+        for name, path in ready.items():
             url = f"http://127.0.0.1:{self.ports[name]}{path}"
             wait_for(lambda url=url: answers_200(url), 60, f"{name} at {url}")
         return self

@@ -365,17 +365,35 @@ class PanelQuery:
     may_be_empty: bool
 
 
+def variable_value(variable: dict) -> str:
+    """A template variable's default as Grafana writes it into a Prometheus query: "All" as its
+    ``allValue``, several values as a regex alternation."""
+    value = variable["current"]["value"]
+    values = value if isinstance(value, list) else [value]
+    if values == ["$__all"]:
+        return variable["allValue"]
+    return values[0] if len(values) == 1 else "(" + "|".join(map(re.escape, values)) + ")"
+
+
+def substitute_variables(expr: str, variables: dict[str, str]) -> str:
+    """``$name`` and ``${name}`` of the given variables replaced; Grafana's own (``$__…``) left alone."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        return variables.get(name, match.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
+
+
 def panel_queries(rate_interval: str = "1m") -> list[PanelQuery]:
     """Every Prometheus query of every dashboard panel, ready to send to Prometheus."""
     queries = []
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
-        variables = {v["name"]: v["current"]["value"] for v in dashboard.get("templating", {}).get("list", [])}
+        variables = {v["name"]: variable_value(v) for v in dashboard.get("templating", {}).get("list", [])}
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                expr = target["expr"].replace("$__rate_interval", rate_interval)
-                for name, value in variables.items():
-                    expr = expr.replace(f"${name}", value)
+                expr = substitute_variables(target["expr"].replace("$__rate_interval", rate_interval), variables)
                 queries.append(
                     PanelQuery(
                         path.stem,

@@ -2,7 +2,8 @@
 # Installs, from Debian's packages, what `make test` runs natively and what its container stage
 # needs, when it is missing. Needs root and apt; without them it says what to install instead.
 #
-#   required:        promtool and amtool (packages prometheus, prometheus-alertmanager)
+#   required:        promtool and amtool (packages prometheus, prometheus-alertmanager), and the
+#                    blackbox exporter that the native lab test runs (prometheus-blackbox-exporter)
 #   container stage: Docker Engine (docker.io), the Compose v2 and buildx CLI plugins, debootstrap
 #                    (stand-in base images where no registry can be reached), and chromium with
 #                    chromium-driver (browser checks). Without them the stage skips itself.
@@ -17,6 +18,7 @@ PLUGIN_SUITE=trixie
 packages=()
 command -v promtool >/dev/null || packages+=(prometheus)
 command -v amtool >/dev/null || packages+=(prometheus-alertmanager)
+command -v prometheus-blackbox-exporter >/dev/null || packages+=(prometheus-blackbox-exporter)
 required=${#packages[@]}
 # An engine already reachable (Docker Desktop, docker-ce, a remote DOCKER_HOST) is used as it is.
 docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || packages+=(docker.io)
@@ -32,8 +34,9 @@ docker buildx version >/dev/null 2>&1 || plugins+=(docker-buildx)
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   missing="${packages[*]} ${plugins[*]}"
   if [ "$required" -gt 0 ]; then
-    echo "promtool/amtool are missing: install Debian's 'prometheus' and 'prometheus-alertmanager'" \
-         "(sudo apt-get install --no-install-recommends prometheus prometheus-alertmanager)" >&2
+    echo "promtool/amtool/the blackbox exporter are missing: install Debian's 'prometheus'," \
+         "'prometheus-alertmanager' and 'prometheus-blackbox-exporter' (sudo apt-get install" \
+         "--no-install-recommends prometheus prometheus-alertmanager prometheus-blackbox-exporter)" >&2
     exit 1
   fi
   echo "system-deps: not root with apt, so not installing:${missing}; the container stage will skip itself"

@@ -18,7 +18,8 @@ from tests.support import ROOT, dockerfile_instructions, final_stage, image_env
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
 OUR_IMAGE_TARGETS = {"server", "mlflow-ui", "loadtest"}
-# The services whose ports the lab publishes, and the port each listens on inside the network.
+# The services that listen on a port, and the port each listens on inside the network. The lab
+# publishes each of them on the host, but for NOT_PUBLISHED.
 LISTENS_ON = {
     "api": 5001,
     "mlflow": 5000,
@@ -28,7 +29,10 @@ LISTENS_ON = {
     "grafana": 3000,
     "cadvisor": 8080,
     "locust": 8089,
+    "blackbox": 9115,
 }
+# Only Prometheus talks to the blackbox exporter, inside the lab's network.
+NOT_PUBLISHED = {"blackbox"}
 
 
 def container_ports(service: dict) -> set[int]:
@@ -67,7 +71,8 @@ def test_published_ports_are_bound_to_localhost_by_default():
         for mapping in service.get("ports", []):
             assert str(mapping).startswith("${HVS_BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {mapping}"
         if name in LISTENS_ON:
-            assert container_ports(service) == {LISTENS_ON[name]}, name
+            expected = set() if name in NOT_PUBLISHED else {LISTENS_ON[name]}
+            assert container_ports(service) == expected, name
 
 
 def test_images_are_pinned_or_built_here():
@@ -140,8 +145,8 @@ def listening_port(service: dict) -> int:
         return int(flag_value(command, "--port"))
     if name == "locust":
         return int(flag_value(command, "--web-port") or locust_default_web_port())
-    if name in ("prometheus", "alertmanager"):
-        binary = {"prometheus": "prometheus", "alertmanager": "prometheus-alertmanager"}[name]
+    if name in ("prometheus", "alertmanager", "blackbox-exporter"):
+        binary = DEBIAN_BINARIES[name]
         address = flag_value(command, "--web.listen-address") or help_default(binary, "--web.listen-address")
         return int(address.rsplit(":", 1)[1])
     if name == "grafana":
@@ -153,6 +158,12 @@ def listening_port(service: dict) -> int:
     raise AssertionError(f"no rule for the port of {name}")
 
 
+# The Debian binary of each pinned image's program, of the version the image pins.
+DEBIAN_BINARIES = {
+    "prometheus": "prometheus",
+    "alertmanager": "prometheus-alertmanager",
+    "blackbox-exporter": "prometheus-blackbox-exporter",
+}
 # The paths each program answers only when it is up (and, where it has one, ready).
 HEALTH_PATHS = {
     "gunicorn": {"/ready", "/health"},
@@ -160,6 +171,8 @@ HEALTH_PATHS = {
     "mlflow": {"/health"},
     "prometheus": {"/-/ready", "/-/healthy"},
     "alertmanager": {"/-/ready", "/-/healthy"},
+    # blackbox_exporter 0.23 has no /-/ready (it answers its index page there).
+    "blackbox-exporter": {"/-/healthy"},
     "grafana": {"/api/health"},
     "cadvisor": {"/healthz"},
     # Locust has no health endpoint: its web UI's page answers once the master runs.
@@ -275,7 +288,12 @@ def test_locust_files_are_in_the_folders_mounted_where_its_command_reads_them():
 
 
 @pytest.mark.parametrize(
-    ("service", "binary"), [("prometheus", "prometheus"), ("alertmanager", "prometheus-alertmanager")]
+    ("service", "binary"),
+    [
+        ("prometheus", "prometheus"),
+        ("alertmanager", "prometheus-alertmanager"),
+        ("blackbox", "prometheus-blackbox-exporter"),
+    ],
 )
 def test_prometheus_and_alertmanager_flags_exist_in_the_tested_binaries(service, binary):
     """The images are pinned to the Debian binaries' versions, so their flags must be the same."""
@@ -307,9 +325,25 @@ def test_prometheus_keeps_the_whole_slo_window():
     assert int(re.fullmatch(r"(\d+)d", flag.split("=", 1)[1]).group(1)) >= 30, flag
 
 
+def probe_jobs(prometheus: dict) -> list[dict]:
+    """The scrape jobs that probe through the blackbox exporter (their targets are URLs)."""
+    return [job for job in prometheus["scrape_configs"] if job.get("metrics_path") == "/probe"]
+
+
 def test_scrape_and_alerting_targets_are_services_on_their_ports():
     prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    probes = probe_jobs(prometheus)
+    targets = [
+        t
+        for job in prometheus["scrape_configs"]
+        if job not in probes
+        for c in job["static_configs"]
+        for t in c["targets"]
+    ]
+    # A probe job scrapes the exporter at the address its relabeling sets.
+    targets += [
+        r["replacement"] for job in probes for r in job["relabel_configs"] if r["target_label"] == "__address__"
+    ]
     targets += [t for am in prometheus["alerting"]["alertmanagers"] for c in am["static_configs"] for t in c["targets"]]
     for target in targets:
         host, port = target.split(":")
@@ -366,3 +400,37 @@ def test_the_apis_metric_files_and_heartbeat_are_in_memory():
     assert any(metrics_dir.is_relative_to(m) for m in memory), (metrics_dir, memory)
     # gunicorn keeps its worker heartbeat files in the default temporary folder.
     assert Path("/tmp") in memory
+
+
+def test_the_probe_job_asks_the_blackbox_exporter_to_probe_the_apis_readiness():
+    """Prometheus hands each URL to the exporter as its target, under a module that the
+    exporter's mounted configuration defines, and keeps the URL as the instance."""
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    [job] = probe_jobs(prometheus)
+    assert job["job_name"] == "hvs-api-probe"
+    relabel = {r["target_label"]: r for r in job["relabel_configs"]}
+    assert relabel["__param_target"]["source_labels"] == ["__address__"]
+    assert relabel["instance"]["source_labels"] == ["__param_target"]
+    assert relabel["__address__"]["replacement"] == f"blackbox:{LISTENS_ON['blackbox']}"
+    [url] = [t for c in job["static_configs"] for t in c["targets"]]
+    host, port, path = re.fullmatch(r"http://([\w-]+):(\d+)(/\S*)", url).groups()
+    # The API's readiness, not /health: an API without a model is not available.
+    assert (host, int(port), path) == ("api", LISTENS_ON["api"], "/ready")
+    blackbox = SERVICES["blackbox"]
+    config_file = flag_value(blackbox["command"], "--config.file")
+    [(source, target)] = bind_mounts(blackbox)
+    assert config_file.startswith(target + "/"), (config_file, target)
+    config = ROOT / source / config_file[len(target) + 1 :]
+    [module] = job["params"]["module"]
+    modules = yaml.safe_load(config.read_text())["modules"]
+    assert modules[module]["prober"] == "http"
+    assert modules[module]["http"]["valid_status_codes"] == [200]
+    # The probe must answer before Prometheus's scrape gives up on the exporter.
+    timeout = prometheus["global"].get("scrape_timeout", "10s")
+    assert seconds(modules[module]["timeout"]) < seconds(timeout)
+    checked = subprocess.run(
+        ["prometheus-blackbox-exporter", f"--config.file={config}", "--config.check"], capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and "level=warn" not in checked.stderr, checked.stderr
+    # Probing starts once the exporter answers, as scraping does once the API does.
+    assert SERVICES["prometheus"]["depends_on"]["blackbox"] == {"condition": "service_healthy"}

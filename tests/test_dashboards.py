@@ -1,8 +1,12 @@
 """Grafana dashboards checked as data, since no Grafana server runs here: their structure
-against Grafana's typed schema (the foundation SDK pinned to the lab's Grafana 10.1), and
-their references to the provisioned datasources. Their queries run in tests/integration/test_lab.py."""
+against Grafana's typed schema (the foundation SDK pinned to the lab's Grafana 10.1), their
+variables and datasources, the recorded series and thresholds they read. Their queries run in
+tests/integration/test_lab.py."""
 
 import json
+import re
+import subprocess
+import textwrap
 
 import pytest
 import yaml
@@ -10,13 +14,45 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries
+from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, substitute_variables
 
 register_default_plugins()
-DATASOURCE_UIDS = {
-    d["uid"]: d["type"]
-    for d in yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())["datasources"]
+PROVISIONED = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())["datasources"]
+HELM_VALUES = yaml.safe_load((ROOT / "k8s/helm-values.yaml").read_text())
+PROMETHEUS_DS = {"type": "prometheus", "uid": "${datasource}"}
+# Panels that query nothing: rows, and the alert list, which reads Alertmanager's API itself.
+NO_QUERIES = {"row", "alertGroups"}
+# Grafana's Prometheus datasource reads these from an annotation query; the 10.1 typed schema
+# models only its `expr`, so the round trip drops them, and only them.
+PROMETHEUS_ANNOTATION_FIELDS = {"step", "titleFormat", "textFormat", "tagKeys", "useValueForTime"}
+USERS_QUERIES = (
+    'sum(rate(flask_http_request_total{job="hvs-api", endpoint="/predict"}[1m]))',
+    "histogram_quantile(0.95, sum(rate(flask_http_request_duration_seconds_bucket"
+    '{job="hvs-api", endpoint="/predict"}[5m])) by (le))',
+    'flask_http_request_total{job="hvs-api", status=~"5.."}',
+    'sum(increase(hvs_api_prediction_outcomes_total{job="hvs-api", predicted_label_text="Hazardous"}[5m]))',
+)
+# Each SLO: its bad-event ratio (one series per window), its budget, its remaining budget.
+SLOS = {
+    "job:hvs_api_predict_errors:ratio_rate": (0.005, "job:hvs_api_predict_error_budget:remaining_ratio30d"),
+    "job:hvs_api_predict_slow:ratio_rate": (0.01, "job:hvs_api_predict_latency_budget:remaining_ratio30d"),
+    "job:hvs_api_probe_unavailable:ratio_avg": (0.005, "job:hvs_api_probe_error_budget:remaining_ratio30d"),
 }
+# Where the multi-window alerts act, in multiples of the budget rate.
+BURN_THRESHOLDS = [1, 3, 6, 14.4]
+SELECTOR = re.compile(r"([a-zA-Z_][\w:]*)\{([^}]*)\}")
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def query_panels(dashboard: dict) -> list[dict]:
+    return [p for p in dashboard["panels"] if p["type"] not in NO_QUERIES]
+
+
+def variables(dashboard: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
 
 
 def lost_in_round_trip(original, returned, path="") -> list[str]:
@@ -42,51 +78,315 @@ def lost_in_round_trip(original, returned, path="") -> list[str]:
     return [] if original == returned else [f"{path}: {original!r} became {returned!r}"]
 
 
+def schema_losses(original: dict) -> list[str]:
+    """What the round trip loses, but the Prometheus annotation fields the schema does not model."""
+    returned = json.loads(json.dumps(Dashboard.from_json(original), cls=JSONEncoder))
+    allowed = {
+        f"/annotations/list[{i}]/{field}: dropped"
+        for i, annotation in enumerate(original["annotations"]["list"])
+        if annotation["datasource"]["type"] == "prometheus"
+        for field in PROMETHEUS_ANNOTATION_FIELDS
+    }
+    return [p for p in lost_in_round_trip(original, returned) if p not in allowed]
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboard_survives_grafanas_typed_schema(path):
-    original = json.loads(path.read_text())
-    returned = json.loads(json.dumps(Dashboard.from_json(original), cls=JSONEncoder))
-    assert lost_in_round_trip(original, returned) == []
+    assert schema_losses(load(path)) == []
 
 
 def test_round_trip_check_catches_a_misspelt_field():
-    original = json.loads(DASHBOARDS[0].read_text())
+    original = load(DASHBOARDS[0])
     original["panels"][0]["gridPosition"] = original["panels"][0].pop("gridPos")
-    returned = json.loads(json.dumps(Dashboard.from_json(original), cls=JSONEncoder))
-    assert lost_in_round_trip(original, returned) == ["/panels[0]/gridPosition: dropped"]
+    assert schema_losses(original) == ["/panels[0]/gridPosition: dropped"]
+
+
+def test_round_trip_allows_annotation_fields_only_on_prometheus_annotations():
+    original = load(DASHBOARDS[0])
+    original["annotations"]["list"][0]["titleFormat"] = "{{alertname}}"  # The built-in Grafana one.
+    assert schema_losses(original) == ["/annotations/list[0]/titleFormat: dropped"]
+
+
+def fixed_prometheus_uids(text: str) -> list[str]:
+    """Prometheus datasource references in a dashboard's JSON text that name a uid, not the variable."""
+    return re.findall(r'"type": "prometheus",\s*"uid": "(?!\$\{datasource\})([^"]*)"', text)
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
-def test_panels_use_the_provisioned_datasource(path):
-    dashboard = json.loads(path.read_text())
+def test_panels_query_the_datasource_variable_and_no_fixed_uid(path):
+    dashboard = load(path)
     assert dashboard["uid"] == path.stem and dashboard["schemaVersion"] == 38
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
-    for panel in dashboard["panels"]:
-        assert panel["datasource"] == {"type": "prometheus", "uid": "prometheus"}, panel["title"]
+    datasource = variables(dashboard)["datasource"]
+    prometheus = next(d for d in PROVISIONED if d["type"] == "prometheus")
+    # Type-filtered, and by default the provisioned Prometheus.
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
+    assert datasource["current"]["value"] == prometheus["uid"]
+    for panel in query_panels(dashboard):
+        assert panel["datasource"] == PROMETHEUS_DS, panel["title"]
         assert panel["description"], f"{panel['title']} has no description"
+        assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            assert DATASOURCE_UIDS[target["datasource"]["uid"]] == target["datasource"]["type"]
+            assert target["datasource"] == PROMETHEUS_DS, panel["title"]
+    # Nowhere a fixed Prometheus uid: panels, variables and annotations all go through the variable.
+    assert fixed_prometheus_uids(path.read_text()) == []
+
+
+def test_the_datasource_check_catches_a_fixed_uid():
+    text = DASHBOARDS[0].read_text().replace('"uid": "${datasource}"', '"uid": "prometheus"', 1)
+    assert fixed_prometheus_uids(text) == ["prometheus"]
+
+
+def api_dashboards() -> list:
+    return [p for p in DASHBOARDS if "job" in variables(load(p))]
+
+
+def test_api_dashboards_filter_by_job_and_instance():
+    """Every query names the API's job through $job; every raw API series also follows $instance,
+    but the user's own queries (kept as the design states them) and job-wide recorded series."""
+    assert {p.stem for p in api_dashboards()} >= {"hvs-api-overview", "hvs-model", "hvs-slo"}
+    for path in api_dashboards():
+        dashboard = load(path)
+        found = variables(dashboard)
+        assert found["job"]["current"]["value"] == "hvs-api"
+        if "instance" in found:
+            instance = found["instance"]
+            assert instance["multi"] and instance["includeAll"] and instance["allValue"] == ".*"
+            assert "$job" in instance["query"]
+        for panel in query_panels(dashboard):
+            for target in panel["targets"]:
+                expr = target["expr"]
+                assert "hvs-api" not in expr, f"{path.stem} / {panel['title']}: a fixed job"
+                assert '="$job"' in expr, f"{path.stem} / {panel['title']}: no $job"
+                users = substitute_variables(expr, {"job": "hvs-api"}) in USERS_QUERIES
+                for metric, matchers in SELECTOR.findall(expr):
+                    raw = ":" not in metric and metric != "ALERTS"
+                    if raw and not users and "instance" in found:
+                        assert 'instance=~"$instance"' in matchers, f"{path.stem} / {panel['title']}: {metric}"
+
+
+STACK_COMPONENTS = ("prometheus", "alertmanager", "grafana")
+# kube-prometheus-stack's own ServiceMonitors, release "prometheus" (k8s/helm-values.yaml): the job is
+# the Service's name, <release>-kube-prometheus-<component> (the chart's fullname cut to 26
+# characters), and the Grafana subchart's <release>-grafana.
+CHART_JOBS = {
+    "prometheus": "prometheus-kube-prometheus-prometheus",
+    "alertmanager": "prometheus-kube-prometheus-alertmanager",
+    "grafana": "prometheus-grafana",
+}
+
+
+def stack_selectors():
+    """``(dashboard, panel, metric, matchers)`` of every selector of the monitoring stack's own series."""
+    found = []
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        for panel in query_panels(dashboard):
+            for target in panel["targets"]:
+                for metric, matchers in SELECTOR.findall(target["expr"]):
+                    if metric.startswith(tuple(f"{c}_" for c in STACK_COMPONENTS)) or metric.startswith("process_"):
+                        found.append((dashboard, panel["title"], metric, matchers))
+    return found
+
+
+def test_monitoring_stack_panels_find_their_jobs_under_compose_and_kube_prometheus_stack():
+    compose_jobs = {
+        j["job_name"] for j in yaml.safe_load((ROOT / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert len(stack_selectors()) >= 5
+    for dashboard, title, metric, matchers in stack_selectors():
+        [job] = re.findall(r'job=~"([^"]*)"', matchers) or [None]
+        assert job, f"{title}: {metric} has no job=~ matcher"
+        names = re.findall(r"\$(\w+)_job", job)
+        assert names and job == "|".join(f"${n}_job" for n in names), f"{title}: {job}"
+        for component in names:
+            if not metric.startswith("process_"):
+                assert metric.startswith(component), f"{title}: {metric} filtered by ${component}_job"
+            variable = variables(dashboard)[f"{component}_job"]
+            # Found by the component's own series, whatever the job is called there...
+            assert variable["query"] == f"label_values({component}_build_info, job)"
+            # ...and by default Compose's name, which the native lab test substitutes.
+            assert variable["current"]["value"] == component and component in compose_jobs
+            assert CHART_JOBS[component] in variable["description"]
+
+
+def test_alert_list_reads_the_provisioned_alertmanager_in_compose_and_kubernetes():
+    [panel] = [p for path in DASHBOARDS for p in load(path)["panels"] if p["type"] == "alertGroups"]
+    name = panel["options"]["alertmanager"]  # Grafana names an Alertmanager source by its datasource name.
+    [compose] = [d for d in PROVISIONED if d["name"] == name]
+    [helm] = [d for d in HELM_VALUES["grafana"]["additionalDataSources"] if d["name"] == name]
+    for datasource in (compose, helm):
+        assert datasource["type"] == "alertmanager" and datasource["jsonData"]["implementation"] == "prometheus"
+    assert compose["url"] == "http://alertmanager:9093"
+    assert helm["url"] == "http://prometheus-kube-prometheus-alertmanager.monitoring:9093"
+    assert helm["uid"] == compose["uid"]
+
+
+def panels_reading(series: str):
+    return [
+        (path.stem, p)
+        for path in DASHBOARDS
+        for p in query_panels(load(path))
+        if any(series in t["expr"] for t in p["targets"])
+    ]
+
+
+@pytest.mark.parametrize("ratio", SLOS)
+def test_burn_rate_panels_draw_the_alerts_thresholds(ratio):
+    budget, _ = SLOS[ratio]
+    burn = [(d, p) for d, p in panels_reading(ratio) if "burn rate" in p["title"]]
+    assert burn, f"no burn-rate panel for {ratio}"
+    for _, panel in burn:
+        defaults = panel["fieldConfig"]["defaults"]
+        steps = [s["value"] for s in defaults["thresholds"]["steps"]]
+        assert steps == [None, *BURN_THRESHOLDS], panel["title"]
+        assert defaults["custom"]["thresholdsStyle"]["mode"] in {"line", "dashed"}, panel["title"]
+        for target in panel["targets"]:
+            # The ratio divided by its own budget, so that the lines are in budget rates.
+            assert target["expr"].endswith(f"}} / {budget:g}"), target["expr"]
+        windows = {re.search(rf"{ratio}(\w+)\{{", t["expr"]).group(1) for t in panel["targets"]}
+        assert windows >= {"5m", "30m", "1h", "2h", "6h", "1d", "3d"}, panel["title"]
+
+
+def recorded(suffix: str) -> set[str]:
+    return {r["record"] for g in rule_groups() for r in g["rules"] if r.get("record", "").endswith(suffix)}
+
+
+@pytest.mark.parametrize("remaining", sorted({r for _, r in SLOS.values()} | recorded(":remaining_ratio30d")))
+def test_every_slo_budget_has_a_burn_down_over_its_window(remaining):
+    burn_down = [
+        p
+        for _, p in panels_reading(remaining)
+        if p["type"] == "timeseries" and p.get("timeFrom") == "30d" and "burn-down" in p["title"]
+    ]
+    assert burn_down, f"no 30-day burn-down of {remaining}"
+    for panel in burn_down:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [s["value"] for s in steps] == [None, 0]  # The line where the budget is spent.
+
+
+def test_heatmaps_show_rates_not_overlapping_increases():
+    heatmaps = [(path.stem, p) for path in DASHBOARDS for p in load(path)["panels"] if p["type"] == "heatmap"]
+    assert len(heatmaps) >= 2
+    for _, panel in heatmaps:
+        for target in panel["targets"]:
+            # increase() over $__rate_interval at a shorter step counts each event in several cells.
+            assert target["expr"].startswith("sum by (le) (rate(") and "increase(" not in target["expr"]
+            assert target["format"] == "heatmap"
+        assert "4 cells" in panel["description"], panel["title"]
+
+
+def test_latency_panels_are_over_successful_requests():
+    [panel] = [p for _, p in panels_reading("flask_http_request_duration_seconds_bucket") if p["type"] == "heatmap"]
+    assert 'status=~"2.."' in panel["targets"][0]["expr"]
+    [panel] = [
+        p
+        for _, p in panels_reading("flask_http_request_duration_seconds_bucket")
+        if "successful" in p["title"] and p["type"] == "timeseries"
+    ]
+    ours = [
+        t["expr"] for t in panel["targets"] if substitute_variables(t["expr"], {"job": "hvs-api"}) not in USERS_QUERIES
+    ]
+    assert len(ours) == 3 and all('status=~"2.."' in e for e in ours)
+
+
+def test_overview_has_red_rows():
+    overview = load(ROOT / "grafana/dashboards/hvs-api-overview.json")
+    rows = [p["title"].split(":")[0] for p in overview["panels"] if p["type"] == "row"]
+    assert rows == ["Rate", "Errors", "Duration"]
+
+
+def test_every_recording_rule_is_read_by_a_dashboard_or_another_rule():
+    rules = [r for g in rule_groups() for r in g["rules"]]
+    exprs = [r["expr"] for r in rules] + [
+        t["expr"] for path in DASHBOARDS for p in query_panels(load(path)) for t in p["targets"]
+    ]
+    for name in {r["record"] for r in rules if "record" in r}:
+        readers = [e for e in exprs if re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", e)]
+        assert readers, f"{name} is recorded but nothing reads it"
+
+
+def test_recorded_series_name_the_labels_they_keep():
+    """level:metric:operations, where the level lists the labels the rule aggregates by (le aside)."""
+    for rule in (r for g in rule_groups() for r in g["rules"] if "record" in r):
+        grouping = re.search(r"\bby \(([^)]*)\)", rule["expr"])
+        if grouping:
+            labels = [label.strip() for label in grouping.group(1).split(",") if label.strip() != "le"]
+            assert rule["record"].split(":")[0] == "_".join(labels), rule["record"]
+
+
+def model_version_annotation(path) -> dict:
+    [annotation] = [a for a in load(path)["annotations"]["list"] if "hvs_model_info" in a.get("expr", "")]
+    return annotation
+
+
+@pytest.mark.parametrize("name", ["hvs-api-overview", "hvs-model"])
+def test_model_version_changes_are_annotated(name):
+    annotation = model_version_annotation(ROOT / f"grafana/dashboards/{name}.json")
+    assert annotation["enable"] and annotation["datasource"] == PROMETHEUS_DS
+    assert "{{model_version}}" in annotation["titleFormat"] and annotation["tagKeys"] == "model_version"
+
+
+def test_model_version_annotation_marks_a_change_and_a_rollback_but_not_a_restart(tmp_path):
+    """The annotation's query, run by promtool on a promotion, a restart, and a rollback."""
+    expr = substitute_variables(
+        model_version_annotation(ROOT / "grafana/dashboards/hvs-api-overview.json")["expr"], {"job": "hvs-api"}
+    )
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    # Version 1 from the start; version 2 promoted at 30m (1 drops to 0); the API down from 60m to
+    # 75m (longer than the 5-minute lookback), back with version 2 (its workers replaced, version
+    # 1's series gone); version 1 rolled back at 90m.
+    v1 = "1x29 0x29 _x30 1x29"
+    v2 = "_x30 1x29 _x15 1x14 0x29"
+    cases = {0: ["1"], 10: [], 30: ["2"], 45: [], 75: [], 90: ["1"], 110: []}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": f'hvs_model_info{{job="hvs-api", instance="api:5001", model_version="{v}"}}',
+                    "values": values,
+                }
+                for v, values in (("1", v1), ("2", v2))
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": expr,
+                    "eval_time": f"{minute}m",
+                    "exp_samples": [{"labels": f'{{model_version="{v}"}}', "value": 1} for v in versions],
+                }
+                for minute, versions in cases.items()
+            ],
+        }
+    ]
+    (tmp_path / "annotation.test.yml").write_text(yaml.safe_dump({"rule_files": ["none.yml"], "tests": tests}))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "annotation.test.yml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, textwrap.shorten(result.stdout + result.stderr, 2000)
 
 
 def test_the_users_queries_are_on_the_dashboards():
     exprs = {q.expr for q in panel_queries()}
-    for query in (
-        'sum(rate(flask_http_request_total{job="hvs-api", endpoint="/predict"}[1m]))',
-        "histogram_quantile(0.95, sum(rate(flask_http_request_duration_seconds_bucket"
-        '{job="hvs-api", endpoint="/predict"}[5m])) by (le))',
-        'flask_http_request_total{job="hvs-api", status=~"5.."}',
-        'sum(increase(hvs_api_prediction_outcomes_total{job="hvs-api", predicted_label_text="Hazardous"}[5m]))',
-    ):
+    for query in USERS_QUERIES:
         assert query in exprs, query
+
+
+def test_panel_queries_put_in_every_variables_default():
+    for query in panel_queries():
+        assert "$" not in query.expr, f"{query.dashboard} / {query.panel}: {query.expr}"
+    exprs = {q.expr for q in panel_queries()}
+    assert 'sum(up{job="hvs-api", instance=~".*"})' in exprs
+    assert any('job=~"prometheus|alertmanager|grafana"' in e for e in exprs)
 
 
 def test_only_marked_panels_may_be_empty():
     marked = {(q.dashboard, q.panel) for q in panel_queries() if q.may_be_empty}
     for path in DASHBOARDS:
-        for panel in json.loads(path.read_text())["panels"]:
+        for panel in query_panels(load(path)):
             if (path.stem, panel["title"]) in marked:
                 reason = panel["description"].removeprefix(EXPECTED_EMPTY).split(".")[0].strip()
                 assert len(reason) > 10, f"{panel['title']} must say when it is empty"
     assert ("hvs-api-overview", "5xx responses") in marked
-    assert not any(d == "hvs-model" for d, _ in marked)
+    assert not any(d in {"hvs-model", "hvs-slo"} for d, _ in marked)

@@ -25,6 +25,11 @@ KUBERNETES_VERSION = "1.30.0"
 SHORT_KINDS = {"horizontalpodautoscaler": "hpa", "poddisruptionbudget": "pdb"}
 # The Compose lab: what it loads is the oracle of what k8s/generate.py must ship.
 COMPOSE_SERVICES = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+# What the Compose lab has and the cluster must not: the monitoring of the lab's own Prometheus
+# and Alertmanager, with the Watchdog's heartbeat route and receiver. kube-prometheus-stack's
+# default rules and its Alertmanager configuration carry their own.
+LAB_ONLY_RULE_FILES = {"monitoring-stack.yml"}
+LAB_ONLY_RECEIVERS = {"lab-heartbeat"}
 
 
 def kustomize(folder: Path) -> list[dict]:
@@ -94,7 +99,7 @@ def test_custom_resources_pass_the_operators_crd_schemas(objects):
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
             assert crd_problems(obj) is None, crd_problems(obj)
             checked.add(obj["kind"])
-    assert checked == {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
+    assert checked == {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig", "Probe"}
 
 
 def test_the_crd_check_catches_a_misspelt_field_and_a_bad_duration(objects):
@@ -172,8 +177,11 @@ def test_prometheus_rule_holds_the_groups_compose_prometheus_loads_and_as_many_r
 ):
     rule = one(objects, "PrometheusRule", "hvs-api")
     assert rule["metadata"]["labels"]["release"] == "prometheus"
-    files = compose_rule_files()
-    assert files, "the Compose Prometheus loads no rule file"
+    loaded_by_compose = compose_rule_files()
+    assert loaded_by_compose, "the Compose Prometheus loads no rule file"
+    # Every lab-only file is one Compose loads, and none of its groups reaches the cluster.
+    assert LAB_ONLY_RULE_FILES <= {path.name for path in loaded_by_compose}
+    files = [path for path in loaded_by_compose if path.name not in LAB_ONLY_RULE_FILES]
     loaded = [group for path in files for group in yaml.safe_load(path.read_text())["groups"]]
     assert rule["spec"]["groups"] == loaded
     checked = subprocess.run(["promtool", "check", "rules", *map(str, files)], capture_output=True, text=True)
@@ -215,7 +223,10 @@ def test_dashboard_config_maps_hold_byte_for_byte_the_files_compose_grafana_prov
             shipped[name] = text.encode()
     assert shipped == provisioned
     for text in shipped.values():
-        assert all(p["datasource"]["uid"] == "prometheus" for p in json.loads(text)["panels"])
+        # Prometheus panels follow the dashboard's datasource variable (defaulting to uid
+        # "prometheus", the chart's own): no uid of Compose's Grafana is baked in.
+        panels = [p for p in json.loads(text)["panels"] if p["type"] not in ("row", "alertGroups")]
+        assert all(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for p in panels)
 
 
 def test_the_k8s_alert_receiver_reads_byte_for_byte_the_runbook_the_compose_one_reads(objects):
@@ -265,10 +276,16 @@ def test_alert_routing_and_inhibitions_are_the_compose_alertmanagers(objects):
     route = spec["route"]
     assert route["matchers"] == [{"name": "job", "value": "hvs-api"}]
     assert (route["receiver"], route["groupBy"]) == (compose["route"]["receiver"], compose["route"]["group_by"])
+    # Every route and receiver but the lab-only heartbeat's, which Compose has and the cluster not.
+    heartbeat = [r for r in compose["route"]["routes"] if r["receiver"] in LAB_ONLY_RECEIVERS]
+    assert [r["matchers"] for r in heartbeat] == [['alertname="Watchdog"']]
     assert [(r["receiver"], r["matchers"]) for r in route["routes"]] == [
-        (r["receiver"], parsed(r["matchers"])) for r in compose["route"]["routes"]
+        (r["receiver"], parsed(r["matchers"])) for r in compose["route"]["routes"] if r not in heartbeat
     ]
-    assert [r["name"] for r in spec["receivers"]] == [r["name"] for r in compose["receivers"]]
+    assert LAB_ONLY_RECEIVERS <= {r["name"] for r in compose["receivers"]}
+    assert [r["name"] for r in spec["receivers"]] == [
+        r["name"] for r in compose["receivers"] if r["name"] not in LAB_ONLY_RECEIVERS
+    ]
 
 
 def test_api_deployment_is_hardened_and_sized(objects):
@@ -327,3 +344,83 @@ def test_checkov_finds_no_unexplained_failure(tmp_path):
     assert results["skipped_checks"]
     for skipped in results["skipped_checks"]:
         assert len(skipped["check_result"]["suppress_comment"]) > 30, skipped["check_id"]
+
+
+def test_the_blackbox_exporter_reads_byte_for_byte_the_config_the_compose_one_reads(objects):
+    compose = COMPOSE_SERVICES["blackbox"]
+    [compose_path] = [f.split("=", 1)[1] for f in compose["command"] if f.startswith("--config.file=")]
+    config = compose_host_path("blackbox", compose_path).read_bytes()
+    deployment = one(objects, "Deployment", "hvs-blackbox-exporter")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    # The image Compose pins, so that both run the version the tests run.
+    assert container["image"] == compose["image"]
+    [path] = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--config.file=")]
+    [mount] = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = one(objects, "ConfigMap", volume["configMap"]["name"])
+    assert config_map["data"][posixpath.relpath(path, mount["mountPath"])].encode() == config
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+
+
+def test_the_probe_is_the_compose_probe_job_through_the_exporters_service(objects):
+    """The Probe gives its series the Compose job's name, module and interval, and probes the
+    same path of the API's Service through the exporter's Service."""
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in prometheus["scrape_configs"] if j.get("metrics_path") == "/probe"]
+    probe = one(objects, "Probe", "hvs-api-probe")
+    assert probe["metadata"]["labels"]["release"] == "prometheus"
+    spec = probe["spec"]
+    assert spec["jobName"] == job["job_name"] == "hvs-api-probe"
+    assert [spec["module"]] == job["params"]["module"]
+    assert spec["interval"] == prometheus["global"]["scrape_interval"]
+    exporter = one(objects, "Service", "hvs-blackbox-exporter")
+    meta, [port] = exporter["metadata"], exporter["spec"]["ports"]
+    assert spec["prober"] == {"url": f"{meta['name']}.{meta['namespace']}.svc:{port['port']}", "path": "/probe"}
+    [compose_url] = [t for c in job["static_configs"] for t in c["targets"]]
+    api = one(objects, "Service", "hvs-api-service")
+    [api_port] = api["spec"]["ports"]
+    path = compose_url.split("//", 1)[1].partition("/")[2]
+    host = f"{api['metadata']['name']}.{api['metadata']['namespace']}.svc:{api_port['port']}"
+    assert spec["targets"]["staticConfig"]["static"] == [f"http://{host}/{path}"]
+
+
+def allows(policy: dict, pod_namespace: str, pod_labels: dict, port: str) -> bool:
+    """Whether an ingress NetworkPolicy lets a pod (its namespace and labels) in on a named port."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        for source in rule["from"]:
+            namespaces = source.get("namespaceSelector", {}).get("matchLabels")
+            if namespaces is None and pod_namespace != policy["metadata"]["namespace"]:
+                continue
+            if namespaces and namespaces != {"kubernetes.io/metadata.name": pod_namespace}:
+                continue
+            if source.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items():
+                return True
+    return False
+
+
+def test_network_policies_let_the_exporter_reach_the_api_and_only_prometheus_reach_the_exporter(objects):
+    exporter = one(objects, "Deployment", "hvs-blackbox-exporter")
+    exporter_pod = (exporter["metadata"]["namespace"], exporter["spec"]["template"]["metadata"]["labels"])
+    api = one(objects, "Deployment", "hvs-api")
+    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    [api_port] = one(objects, "Service", "hvs-api-service")["spec"]["ports"]
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    selecting_api = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"]["matchLabels"].items() <= api_labels.items()
+        and p["metadata"]["namespace"] == api["metadata"]["namespace"]
+    ]
+    assert any(allows(p, *exporter_pod, api_port["targetPort"]) for p in selecting_api)
+    # A pod that is neither a client nor the exporter stays out.
+    assert not any(allows(p, "monitoring", {"app": "something-else"}, api_port["targetPort"]) for p in selecting_api)
+    own = one(objects, "NetworkPolicy", "hvs-blackbox-exporter")
+    assert own["spec"]["podSelector"]["matchLabels"].items() <= exporter_pod[1].items()
+    assert allows(own, "monitoring", {"app.kubernetes.io/name": "prometheus"}, "http")
+    assert not allows(own, "monitoring", {"app": "hvs-alert-receiver"}, "http")

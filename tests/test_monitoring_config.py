@@ -14,6 +14,14 @@ PROMETHEUS = ROOT / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.test.yml"))
 ALERTMANAGER_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
+# The dead man's switch (rules/monitoring-stack.yml): no threshold, no `for:`, severity none,
+# routed to the heartbeat alone. The checks below that judge the other alerts do not apply to
+# it; test_the_watchdog_always_fires_and_only_reaches_the_heartbeat checks it instead.
+HEARTBEAT = "Watchdog"
+# Alerts HvsApiDown does not hold back: the monitoring stack's own (their job is Prometheus's
+# or Alertmanager's, not the API's) and the API's scrape budget, which a job that is down
+# cannot raise (it has no samples, and only successful scrapes count as slow).
+NOT_THE_APIS_SYMPTOMS = ("monitoring-stack.yml", "hvs-api-scrape.yml")
 # libyaml's parser and emitter: the unit tests are copied and rewritten some fifty times.
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -22,6 +30,12 @@ FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def rules(kind: str) -> list[dict]:
     """Every rule of one kind ("alert" or "record") across the rule files."""
     return [rule for group in rule_groups() for rule in group["rules"] if kind in rule]
+
+
+def rules_of(file_name: str) -> list[dict]:
+    """Every rule of one rule file."""
+    groups = yaml.safe_load((PROMETHEUS / "rules" / file_name).read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
@@ -62,7 +76,7 @@ def alert_checks() -> dict[str, list[tuple[float, list[tuple[float, bool]]]]]:
 
 def test_every_rule_has_a_unit_test_on_both_sides_of_its_boundary():
     checks = alert_checks()
-    for alert in rules("alert"):
+    for alert in (a for a in rules("alert") if a["alert"] != HEARTBEAT):
         name, hold = alert["alert"], seconds(alert.get("for", "0s"))
         cases = checks.get(name, [])
         # Both sides of `for:`: quiet one evaluation before it fires, in the same scenario.
@@ -242,8 +256,9 @@ def test_alerts_are_documented_and_routable():
     sections = {heading.lower() for heading in re.findall(r"^## (\w+)$", runbook, re.MULTILINE)}
     for alert in rules("alert"):
         name, labels, notes = alert["alert"], alert.get("labels", {}), alert.get("annotations", {})
-        assert re.fullmatch(r"Hvs[A-Z][A-Za-z]+", name), name
-        assert labels.get("severity") in ("critical", "warning"), name
+        if name != HEARTBEAT:
+            assert re.fullmatch(r"Hvs[A-Z][A-Za-z]+", name), name
+            assert labels.get("severity") in ("critical", "warning"), name
         assert set(notes) == {"summary", "description", "runbook_url"}, name
         assert "{{" not in notes["summary"], f"{name}: the summary must be static"
         assert "{{" in notes["description"], f"{name}: the description must be templated"
@@ -251,10 +266,47 @@ def test_alerts_are_documented_and_routable():
         assert anchor == name.lower() and anchor in sections, f"{name}: no runbook section #{anchor}"
 
 
+def test_the_watchdog_always_fires_and_only_reaches_the_heartbeat():
+    [watchdog] = [rule for rule in rules("alert") if rule["alert"] == HEARTBEAT]
+    assert (watchdog["expr"], watchdog.get("for"), watchdog["labels"]) == ("vector(1)", None, {"severity": "none"})
+    # Its unit tests expect it firing at every check, from the first evaluation to a day later.
+    [(_, case)] = alert_checks()[HEARTBEAT]
+    assert all(fires for _, fires in case) and case[0][0] == 0 and case[-1][0] >= seconds("1d")
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    [route] = [r for r in config["route"]["routes"] if f'alertname="{HEARTBEAT}"' in r.get("matchers", [])]
+    assert config["route"]["routes"][0] == route and not route.get("continue")
+    # No inhibition can hold it back: none targets it by name, or by the severity it has.
+    targets = [m for rule in config["inhibit_rules"] for m in rule["target_matchers"]]
+    assert not [m for m in targets if HEARTBEAT in m or "severity" in m], targets
+
+
 def test_recording_rules_follow_the_naming_convention():
     for record in rules("record"):
         assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", record["record"]), record["record"]
-        assert 'job="hvs-api"' in record["expr"] or record["expr"].startswith("1 - job:"), record["record"]
+        # Each keeps job="hvs-api": it selects it, derives from a job: record, or (a series about
+        # the API measured by another job, the black-box probe) stamps it through its labels.
+        about_the_api = (
+            'job="hvs-api"' in record["expr"]
+            or record["expr"].startswith("1 - job:")
+            or record.get("labels", {}).get("job") == "hvs-api"
+        )
+        assert about_the_api, record["record"]
+
+
+def test_recorded_increases_tile_time():
+    """A group that records increases over a window (``job:...:increase5m``, summed over the
+    long SLO windows) runs at that window: longer leaves gaps between them, shorter counts
+    requests twice. promtool's unit tests cannot see it: they run every group at their file's
+    evaluation_interval, whatever the group's own."""
+    tiling = 0
+    for group in rule_groups():
+        for rule in group["rules"]:
+            window = re.fullmatch(r"[a-z_]+:[a-z_]+:increase(\d+[smhd])", rule.get("record", ""))
+            if window:
+                tiling += 1
+                assert seconds(group.get("interval", "15s")) == seconds(window.group(1)), (group["name"], rule)
+                assert f"[{window.group(1)}]" in rule["expr"], rule
+    assert tiling >= 4
 
 
 def test_alertmanager_config_is_valid():
@@ -270,6 +322,11 @@ def test_alertmanager_config_is_valid():
         (["severity=critical", "alertname=HvsApiErrorBudgetBurnFast", "job=hvs-api"], "lab-pages"),
         (["severity=warning", "alertname=HvsModelHazardousShareDrift", "job=hvs-api"], "lab-tickets"),
         (["alertname=SomethingUnlabelled"], "lab-tickets"),
+        (["severity=none", "alertname=Watchdog"], "lab-heartbeat"),
+        # Whatever its severity, the heartbeat is never a page.
+        (["severity=critical", "alertname=Watchdog"], "lab-heartbeat"),
+        (["severity=warning", "alertname=HvsPrometheusConfigReloadFailed", "job=prometheus"], "lab-tickets"),
+        (["severity=critical", "alertname=HvsPrometheusRuleFailures", "job=prometheus"], "lab-pages"),
     ],
 )
 def test_routing(labels, receiver):
@@ -287,21 +344,29 @@ def test_routing(labels, receiver):
 
 def test_every_alert_severity_reaches_a_receiver_and_only_the_job_down_inhibits_the_apis_other_alerts():
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
-    severities = {rule["labels"]["severity"] for rule in rules("alert")}
+    severities = {rule["labels"]["severity"] for rule in rules("alert") if rule["alert"] != HEARTBEAT}
     routed = {m.split("=")[1].strip('"') for route in config["route"]["routes"] for m in route["matchers"]}
     assert severities <= routed
     [down] = [r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="HvsApiDown"']]
     inhibited = re.search(r'=~"([^"]+)"', down["target_matchers"][0]).group(1).split("|")
-    assert set(inhibited) == {rule["alert"] for rule in rules("alert")} - {"HvsApiDown"}
+    others = {rule["alert"] for name in NOT_THE_APIS_SYMPTOMS for rule in rules_of(name) if "alert" in rule}
+    others.add("HvsApiProbeBlind")  # The blackbox exporter's failure, not the API's.
+    assert {HEARTBEAT, "HvsApiScrapeSlow", "HvsPrometheusRuleFailures"} <= others
+    assert set(inhibited) == {rule["alert"] for rule in rules("alert")} - {"HvsApiDown"} - others
     assert down["equal"] == ["job"]
     # HvsApiDown is job-wide: no rule of it keeps the instance label, which `equal: [job]`
     # would otherwise let one instance's outage hold back the whole job's pages.
     for rule in rules("alert"):
         if rule["alert"] == "HvsApiDown":
             assert re.fullmatch(r"max by \(job\) \(.*\) == 0|absent\(.*\)", rule["expr"].strip()), rule["expr"]
-    # No other alert holds back alerts for a whole job.
+    # No other alert holds back alerts for a whole job, but a fast-burn page its own SLO's ticket.
     sources = {m for r in config["inhibit_rules"] for m in r["source_matchers"]}
-    assert sources == {'alertname="HvsApiDown"', 'alertname="HvsApiErrorBudgetBurnFast"'}
+    assert sources == {
+        'alertname="HvsApiDown"',
+        'alertname="HvsApiErrorBudgetBurnFast"',
+        'alertname="HvsApiLatencyBudgetBurnFast"',
+        'alertname="HvsApiProbeBudgetBurnFast"',
+    }
 
 
 def test_yaml_files_pass_yamllint():

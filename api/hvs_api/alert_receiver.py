@@ -4,9 +4,13 @@ Usage: ``python -m hvs_api.alert_receiver`` (the Compose service ``alert-receive
 
 - ``POST /alerts/<route>``: Alertmanager's webhook; each alert in the notification is kept
   (the newest ``ALERT_RECEIVER_KEEP``) and logged to stdout as one JSON line.
-- ``GET /``: the notifications as an HTML table, newest first, with links to the runbook.
-- ``GET /alerts``: the same as JSON. ``GET /runbook``: prometheus/runbook.md as HTML
-  (``RUNBOOK_PATH``), which the alerts' ``runbook_url`` annotations point to.
+- ``POST /alerts/heartbeat``: the Watchdog's heartbeat route. Its notifications are not listed
+  with the alerts (a heartbeat is neither a page nor a ticket): only when the last one came.
+- ``GET /``: the heartbeat's state, then the notifications as an HTML table, newest first,
+  with links to the runbook.
+- ``GET /alerts``: the notifications as JSON. ``GET /heartbeat``: the heartbeat's state as
+  JSON. ``GET /runbook``: prometheus/runbook.md as HTML (``RUNBOOK_PATH``), which the alerts'
+  ``runbook_url`` annotations point to.
 - ``GET /health``: 200.
 
 It uses only the standard library and ``markdown``, and keeps everything in memory: the list
@@ -35,6 +39,11 @@ log = logging.getLogger(__name__)
 # Alertmanager sends small notifications; anything bigger is not one of them.
 MAX_BODY_BYTES = 1024 * 1024
 ROUTE = re.compile(r"^/alerts/([A-Za-z0-9_-]{1,40})$")
+# The route alertmanager.yml sends the Watchdog to.
+HEARTBEAT_ROUTE = "heartbeat"
+# The heartbeat route's repeat_interval (60 s) plus its group_interval (30 s), the longest
+# regular gap between two heartbeats, plus 60 s of grace for a retried delivery.
+HEARTBEAT_MAX_SILENCE_SECONDS = 150
 
 
 class AlertLog:
@@ -78,6 +87,71 @@ class AlertLog:
             return list(reversed(self._alerts))
 
 
+class Heartbeat:
+    """When the Watchdog last arrived, and whether it is overdue; safe to share between threads.
+
+    The state is ``ok`` while the last heartbeat is at most ``max_silence`` seconds old;
+    ``missing`` when it is older, when the last one said *resolved* (Alertmanager stopped
+    hearing from Prometheus), or when none came within ``max_silence`` of the receiver's start;
+    ``waiting`` before that.
+    """
+
+    def __init__(self, max_silence: float, started: datetime | None = None):
+        self.max_silence = max_silence
+        self._started = started or datetime.now(UTC)
+        self._last: datetime | None = None
+        self._last_status = ""
+        self._received = 0
+        self._alertnames: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, notification: dict, now: datetime | None = None) -> None:
+        alerts = notification.get("alerts", [])
+        with self._lock:
+            self._last = now or datetime.now(UTC)
+            self._last_status = notification.get("status", "")
+            self._received += 1
+            self._alertnames.update(str(a.get("labels", {}).get("alertname", "")) for a in alerts)
+
+    def state(self, now: datetime | None = None) -> dict:
+        now = now or datetime.now(UTC)
+        with self._lock:
+            last, status, received, names = self._last, self._last_status, self._received, sorted(self._alertnames)
+        silent = (now - (last or self._started)).total_seconds()
+        if status == "resolved" or silent > self.max_silence:
+            state = "missing"
+        else:
+            state = "ok" if last else "waiting"
+        return {
+            "state": state,
+            "last_received_at": last.isoformat(timespec="seconds") if last else None,
+            "last_status": status,
+            "seconds_since": round(silent),
+            "max_silence_seconds": self.max_silence,
+            "received": received,
+            "alertnames": names,
+        }
+
+
+def render_heartbeat(state: dict) -> str:
+    """The heartbeat's line at the top of the page."""
+    limit = f"missing after {state['max_silence_seconds']:g} s without one"
+    if state["state"] == "ok":
+        text = f"Heartbeat ok: last at {state['last_received_at']} UTC, {state['seconds_since']} s ago ({limit})."
+    elif state["state"] == "waiting":
+        text = f"Waiting for the first heartbeat ({limit})."
+    elif state["last_status"] == "resolved":
+        text = f"Heartbeat missing: the Watchdog was resolved at {state['last_received_at']} UTC."
+    elif state["last_received_at"]:
+        text = f"Heartbeat missing: the last came at {state['last_received_at']} UTC, {state['seconds_since']} s ago."
+    else:
+        text = f"Heartbeat missing: none in the {state['seconds_since']} s since the receiver started."
+    return (
+        f"<p id='heartbeat' class='heartbeat-{state['state']}'>{html.escape(text)} "
+        "<a href='/runbook#watchdog'>runbook</a> · <a href='/heartbeat'>JSON</a></p>"
+    )
+
+
 def _page(title: str, body: str, refresh: bool = False) -> bytes:
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -85,7 +159,8 @@ def _page(title: str, body: str, refresh: bool = False) -> bytes:
         + f"<title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
-        ".firing{color:#b00}.resolved{color:#070}</style></head><body>"
+        ".firing{color:#b00}.resolved{color:#070}.heartbeat-ok{color:#070}"
+        ".heartbeat-missing{color:#fff;background:#b00;padding:4px 8px;font-weight:bold}</style></head><body>"
         f"{body}</body></html>"
     ).encode()
 
@@ -115,7 +190,7 @@ def _link(url: str, text: str) -> str:
     return f"<a href='{html.escape(url, quote=True)}'>{text}</a>"
 
 
-def render_alerts(alerts: list[dict]) -> bytes:
+def render_alerts(alerts: list[dict], heartbeat: dict | None = None) -> bytes:
     rows = "".join(
         "<tr>"
         f"<td>{html.escape(a['received_at'])}</td>"
@@ -130,7 +205,8 @@ def render_alerts(alerts: list[dict]) -> bytes:
     )
     return _page(
         "Alerts received",
-        f"<h1>Alerts received ({len(alerts)})</h1><p>Newest first; refreshes every 15 s. "
+        f"<h1>Alerts received ({len(alerts)})</h1>{render_heartbeat(heartbeat) if heartbeat else ''}"
+        "<p>Newest first; refreshes every 15 s. "
         "<a href='/runbook'>Runbook</a> · <a href='/alerts'>JSON</a></p>"
         "<table><tr><th>received (UTC)</th><th>status</th><th>route</th><th>severity</th>"
         f"<th>alert</th><th>summary</th><th>description</th><th></th></tr>{rows}</table>",
@@ -171,9 +247,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/":
-            self._send(200, render_alerts(self.server.alert_log.newest_first()), "text/html; charset=utf-8")
+            page = render_alerts(self.server.alert_log.newest_first(), self.server.heartbeat.state())
+            self._send(200, page, "text/html; charset=utf-8")
         elif path == "/alerts":
             self._json(200, self.server.alert_log.newest_first())
+        elif path == "/heartbeat":
+            self._json(200, self.server.heartbeat.state())
         elif path == "/runbook":
             self._send(200, render_runbook(self.server.runbook_path), "text/html; charset=utf-8")
         elif path == "/health":
@@ -197,22 +276,33 @@ class Handler(BaseHTTPRequestHandler):
             notification = json.loads(self.rfile.read(length))
             if not isinstance(notification, dict) or not isinstance(notification.get("alerts"), list):
                 raise ValueError("not an Alertmanager notification")
-            entries = self.server.alert_log.add(match.group(1), notification)
+            if match.group(1) == HEARTBEAT_ROUTE:
+                self.server.heartbeat.add(notification)
+                entries = []
+            else:
+                entries = self.server.alert_log.add(match.group(1), notification)
         except (ValueError, AttributeError) as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"error": "malformed_notification", "message": str(exc)})
             return
         for entry in entries:
             print(json.dumps(entry), flush=True)
-        self._json(200, {"received": len(entries)})
+        self._json(200, {"received": len(notification["alerts"])})
 
     def log_message(self, format: str, *args) -> None:
         log.debug(format, *args)
 
 
-def serve(host: str, port: int, runbook_path: Path, keep: int = 500) -> ThreadingHTTPServer:
+def serve(
+    host: str,
+    port: int,
+    runbook_path: Path,
+    keep: int = 500,
+    heartbeat_max_silence: float = HEARTBEAT_MAX_SILENCE_SECONDS,
+) -> ThreadingHTTPServer:
     """Build the server (call ``serve_forever`` on it)."""
     server = ThreadingHTTPServer((host, port), Handler)
     server.alert_log = AlertLog(keep)
+    server.heartbeat = Heartbeat(heartbeat_max_silence)
     server.runbook_path = runbook_path
     return server
 
@@ -222,7 +312,9 @@ def main() -> None:
     host = os.environ.get("HOST", "0.0.0.0")
     port = int(os.environ.get("PORT", "9095"))
     runbook = Path(os.environ.get("RUNBOOK_PATH", "/etc/hvs/runbook.md"))
-    server = serve(host, port, runbook, int(os.environ.get("ALERT_RECEIVER_KEEP", "500")))
+    keep = int(os.environ.get("ALERT_RECEIVER_KEEP", "500"))
+    silence = float(os.environ.get("HEARTBEAT_MAX_SILENCE_SECONDS", HEARTBEAT_MAX_SILENCE_SECONDS))
+    server = serve(host, port, runbook, keep, silence)
     log.info("alert receiver listening on %s:%d, runbook %s", host, port, runbook)
     server.serve_forever()
 

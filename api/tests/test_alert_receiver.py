@@ -3,11 +3,13 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 
 from hvs_api import alert_receiver
-from tests.support import ROOT
+from tests.support import ROOT, seconds
 
 NOTIFICATION = {
     "receiver": "lab-pages",
@@ -115,3 +117,78 @@ def test_bad_posts_are_refused(receiver, path, raw, status):
     code, body = call(receiver + path, raw=raw)
     assert code == status and json.loads(body)["error"]
     assert json.loads(call(receiver + "/alerts")[1]) == []
+
+
+WATCHDOG = {
+    "receiver": "lab-heartbeat",
+    "status": "firing",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "Watchdog", "severity": "none"},
+            "annotations": {"summary": "The alerting pipeline is alive (always firing)."},
+        }
+    ],
+}
+START = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def test_the_heartbeat_is_shown_apart_and_not_listed_with_the_alerts(receiver, capsys):
+    assert json.loads(call(receiver + "/heartbeat")[1])["state"] == "waiting"
+    assert call(receiver + "/alerts/heartbeat", WATCHDOG) == (200, '{"received": 1}')
+    call(receiver + "/alerts/pages", NOTIFICATION)
+    # Neither a page nor a ticket: the list holds only the real alert, and the log says nothing of it.
+    assert [a["alertname"] for a in json.loads(call(receiver + "/alerts")[1])] == ["HvsApiDown"]
+    assert "Watchdog" not in capsys.readouterr().out
+    heartbeat = json.loads(call(receiver + "/heartbeat")[1])
+    assert (heartbeat["state"], heartbeat["received"], heartbeat["alertnames"]) == ("ok", 1, ["Watchdog"])
+    assert heartbeat["last_received_at"] and heartbeat["max_silence_seconds"] == 150
+    page = call(receiver + "/")[1]
+    assert "class='heartbeat-ok'>Heartbeat ok: last at " in page and "Alerts received (1)" in page
+    assert "<td>Watchdog</td>" not in page
+
+
+def test_the_heartbeat_goes_missing_after_its_silence_and_at_once_when_resolved():
+    heartbeat = alert_receiver.Heartbeat(150, started=START)
+    # None yet: waiting while the route could still be on its way, then missing.
+    assert heartbeat.state(START + timedelta(seconds=150))["state"] == "waiting"
+    assert heartbeat.state(START + timedelta(seconds=151))["state"] == "missing"
+    heartbeat.add(WATCHDOG, now=START + timedelta(seconds=200))
+    assert heartbeat.state(START + timedelta(seconds=350))["state"] == "ok"
+    late = heartbeat.state(START + timedelta(seconds=351))
+    assert (late["state"], late["seconds_since"]) == ("missing", 151)
+    heartbeat.add(WATCHDOG, now=START + timedelta(seconds=360))
+    assert heartbeat.state(START + timedelta(seconds=361))["state"] == "ok"
+    # Alertmanager resolves the Watchdog when Prometheus stops sending it.
+    heartbeat.add({**WATCHDOG, "status": "resolved"}, now=START + timedelta(seconds=370))
+    assert heartbeat.state(START + timedelta(seconds=371))["state"] == "missing"
+    assert heartbeat.state(START + timedelta(seconds=371))["received"] == 3
+
+
+@pytest.mark.parametrize(
+    ("events", "now", "shown"),
+    [
+        ([], 10, "Waiting for the first heartbeat (missing after 150 s without one)."),
+        ([], 200, "Heartbeat missing: none in the 200 s since the receiver started."),
+        ([(30, "firing")], 400, "Heartbeat missing: the last came at 2026-11-28T08:00:30+00:00 UTC, 370 s ago."),
+        ([(30, "resolved")], 40, "Heartbeat missing: the Watchdog was resolved at 2026-11-28T08:00:30+00:00 UTC."),
+    ],
+)
+def test_the_page_says_why_the_heartbeat_is_not_ok(events, now, shown):
+    heartbeat = alert_receiver.Heartbeat(150, started=START)
+    for at, status in events:
+        heartbeat.add({**WATCHDOG, "status": status}, now=START + timedelta(seconds=at))
+    state = heartbeat.state(START + timedelta(seconds=now))
+    line = alert_receiver.render_heartbeat(state)
+    assert shown in line and f"class='heartbeat-{state['state']}'" in line
+    assert alert_receiver.render_alerts([], state).decode().count(shown) == 1
+
+
+def test_the_silence_allowed_is_the_heartbeat_routes_longest_gap_plus_a_minute():
+    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    [route] = [r for r in config["route"]["routes"] if r["matchers"] == ['alertname="Watchdog"']]
+    [receiver] = [r for r in config["receivers"] if r["name"] == route["receiver"]]
+    [hook] = receiver["webhook_configs"]
+    assert hook["url"].endswith("/alerts/" + alert_receiver.HEARTBEAT_ROUTE) and hook["send_resolved"]
+    longest_gap = seconds(route["repeat_interval"]) + seconds(route["group_interval"])
+    assert alert_receiver.HEARTBEAT_MAX_SILENCE_SECONDS == longest_gap + 60

@@ -2,8 +2,9 @@
 
 The stage uses an engine that answers, or starts Debian's ``dockerd`` for the session when it
 can (root), and stops it afterwards. Every image the lab's files name but do not build (the
-Python base, Prometheus, Alertmanager) is used as it is when present, pulled when a registry
-answers, and otherwise built as a *stand-in* from Debian's packages of the same version.
+Python base, Prometheus, Alertmanager, the blackbox exporter) is used as it is when present,
+pulled when a registry answers, and otherwise built as a *stand-in* from Debian's packages of
+the same version.
 Grafana and cAdvisor have no Debian package, so the stage never starts them.
 """
 
@@ -35,6 +36,7 @@ RECIPES = {
     "python": ("python.Dockerfile", ["python", "--version"]),
     "prom/prometheus": ("prometheus.Dockerfile", ["--version"]),
     "prom/alertmanager": ("alertmanager.Dockerfile", ["--version"]),
+    "prom/blackbox-exporter": ("blackbox-exporter.Dockerfile", ["--version"]),
 }
 
 

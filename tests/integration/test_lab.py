@@ -63,6 +63,13 @@ def firing(lab: Lab, alertname: str) -> bool:
     return lab.has_data(f'ALERTS{{alertname="{alertname}", alertstate="firing"}}')
 
 
+def probe_budget(lab: Lab) -> float | None:
+    """What the probe SLO's budget panel shows: the share of the 30-day budget left (None until
+    the long group, every 10 s here, has first recorded it)."""
+    samples = lab.query("job:hvs_api_probe_error_budget:remaining_ratio30d")["result"]
+    return float(samples[0]["value"][1]) if samples else None
+
+
 def recording_rules(lab: Lab) -> set[str]:
     return {
         rule["record"] for group in rule_groups(lab.workdir / "rules") for rule in group["rules"] if "record" in rule
@@ -76,6 +83,7 @@ def test_steady_traffic_is_scraped_from_every_target_and_fires_none_of_the_apis_
     assert run.requests > 0 and run.failures == 0, (run.requests, run.failures)
     assert {job: health for job, health in targets.items() if job not in NOT_RUN_HERE} == {
         "hvs-api": "up",
+        "hvs-api-probe": "up",
         "prometheus": "up",
         "alertmanager": "up",
     }
@@ -113,21 +121,49 @@ def test_under_traffic_every_recording_rule_panel_and_users_query_has_data(lab):
     assert len(records) == len({r["record"] for g in rule_groups() for r in g["rules"] if "record" in r}) > 0
     with drive(lab, "SteadyUser"):
         wait_for(lambda: lab.has_data('job:hvs_api_prediction_outcomes:rate5m{job="hvs-api"} > 0'), 60, "predictions")
-        no_data = [record for record in records if not lab.has_data(record)]
+
+        def records_without_data() -> list[str]:
+            return [record for record in records if not lab.has_data(record)]
+
+        # The long-window groups run every 10 s here (5 minutes scaled): give them a few rounds.
+        try:
+            wait_for(lambda: not records_without_data(), 60, "every recording rule to have data", interval=2)
+        except TimeoutError:
+            pass  # Named by the assertion below.
+        no_data = records_without_data()
         empty = [
             f"{q.dashboard} / {q.panel}: {q.expr}"
             for q in panel_queries()
             if not q.may_be_empty and not lab.has_data(q.expr, instant=q.instant)
         ]
         users = [query for query in USERS_QUERIES if not lab.has_data(query)]
-    assert no_data == [] and empty == [] and users == []
+    assert no_data == [], "recording rules without data"
+    assert empty == [], "panels without data"
+    assert users == [], "the user's queries without data"
 
 
 def test_a_stopped_api_pages_and_holds_back_the_apis_other_alerts(lab):
     """The job-level HvsApiDown reaches the receiver; the per-instance ticket is inhibited."""
     steps.after("steady")
+    wait_for(lambda: probe_budget(lab) is not None, 30, "the probe budget to be recorded")
+    budget_before = probe_budget(lab)
     lab.api.stop()
     alert = lab.wait_for_delivery("HvsApiDown", 60)
     assert alert["severity"] == "critical" and alert["route"] == "pages"
     wait_for(lambda: firing(lab, "HvsApiInstanceDown"), 90, "the instance-down alert to fire")
     wait_for(lambda: alert_state(lab, "HvsApiInstanceDown") == "suppressed", 30, "the ticket to be inhibited")
+    steps.done("api stopped")
+    lab.budget_before_outage = budget_before
+
+
+def test_a_stopped_api_burns_the_probe_budget_and_the_probe_page_is_held_back(lab):
+    """The black-box probe sees the outage the API's own counters cannot: its fast burn fires in
+    Prometheus, HvsApiDown holds it back at Alertmanager, and the budget panel's query drops."""
+    steps.after("api stopped")
+    wait_for(lambda: firing(lab, "HvsApiProbeBudgetBurnFast"), 90, "the probe's fast burn to fire")
+    wait_for(lambda: alert_state(lab, "HvsApiProbeBudgetBurnFast") == "suppressed", 30, "the probe page to be held")
+    # The long group runs every 10 s here (5 minutes scaled); the budget left falls with it.
+    wait_for(lambda: probe_budget(lab) < lab.budget_before_outage - 0.5, 60, "the probe budget to drop")
+    assert not [a for a in lab.received_alerts() if a["alertname"] == "HvsApiProbeBudgetBurnFast"]
+    # The probe returned failures, not nothing: it is not blind.
+    assert lab.has_data('probe_success{job="hvs-api-probe"} == 0') and not firing(lab, "HvsApiProbeBlind")
