@@ -176,12 +176,55 @@ def test_retrain_moves_the_champion_and_every_worker_serves_it_without_a_restart
     steps.done("retrain")
 
 
-def inhibited_by_api_down() -> re.Pattern:
-    """The alert names Alertmanager holds back while HvsApiDown fires (alertmanager.yml)."""
-    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
-    [rule] = [r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="HvsApiDown"']]
-    [matcher] = rule["target_matchers"]
-    return re.compile(re.fullmatch(r'alertname=~"(.+)"', matcher).group(1))
+def test_the_locust_ui_offers_every_scenario_and_both_shapes(lab, browser):
+    after("up")
+    loadtest = ROOT / "loadtest"
+    scenarios = re.findall(r"^class (\w+)\(PredictionUser\)", (loadtest / "locustfile.py").read_text(), re.M)
+    shapes = [
+        m for f in sorted(loadtest.glob("shapes/*.py")) for m in re.findall(r"^class (\w+)\(", f.read_text(), re.M)
+    ]
+    assert len(scenarios) == 3 and len(shapes) == 2, (scenarios, shapes)
+    browser.get(lab.url("locust"))
+
+    def form_or_new_button(driver):
+        buttons = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip().upper() == "NEW"]
+        return "Start new load test" in text(driver) or buttons
+
+    # After a run the page shows that run's statistics, and its New button opens the form again.
+    if isinstance(shown := page_shows(browser, form_or_new_button, 20, "the start form", "locust-home"), list):
+        shown[0].click()
+
+    def picker(driver):
+        shown = text(driver)
+        if "User Classes" not in shown or "Shape Class" not in shown:
+            return False
+        users, _, shape_part = shown.partition("User Classes")[2].partition("Shape Class")
+        return all(s in users for s in scenarios) and all(s in shape_part for s in shapes)
+
+    page_shows(browser, picker, 20, f"the class picker with {scenarios} and {shapes}", "locust")
+
+
+def test_the_mlflow_ui_shows_the_runs_and_the_champion_alias(lab, browser):
+    after("retrain")
+    from hvs_api.train import CANDIDATES
+
+    browser.get(lab.url("mlflow"))
+    experiment = page_shows(
+        browser, lambda d: d.find_elements(By.LINK_TEXT, MODEL_NAME), 30, "the experiment", "mlflow-home"
+    )[0]
+    browser.get(experiment.get_attribute("href"))
+    runs = page_shows(browser, lambda d: d.find_elements(By.LINK_TEXT, "Training runs"), 30, "its runs", "mlflow-exp")
+    browser.get(runs[0].get_attribute("href"))
+    names = [c.name for c in CANDIDATES]
+    page_shows(browser, lambda d: all(n in text(d) for n in names), 30, f"the runs {names}", "mlflow-runs")
+    champion = champion_in_registry(lab)
+
+    def alias_on_champion(driver):
+        shown = text(driver)
+        return "@ champion" in shown.partition(f"Version {champion}")[2].partition("Version ")[0]
+
+    browser.get(f"{lab.url('mlflow')}/#/models/{MODEL_NAME}")
+    page_shows(browser, alias_on_champion, 30, f"version {champion} with the champion alias", "mlflow-model")
 
 
 def test_the_first_five_minutes_deliver_only_the_watchdogs_heartbeat(lab):
@@ -218,6 +261,14 @@ def test_the_slow_rule_groups_are_evaluated_without_error_within_their_interval(
     left = max(5.0, (deadline - datetime.now(UTC)).total_seconds())
     healthy = wait_for(slow_rules_ok, left, "every rule of the slow groups to be evaluated without error", interval=5)
     assert len(healthy) == sum(len(group["rules"]) for group in rule_groups() if group["name"] in SLOW_GROUPS)
+
+
+def inhibited_by_api_down() -> re.Pattern:
+    """The alert names Alertmanager holds back while HvsApiDown fires (alertmanager.yml)."""
+    config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    [rule] = [r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="HvsApiDown"']]
+    [matcher] = rule["target_matchers"]
+    return re.compile(re.fullmatch(r'alertname=~"(.+)"', matcher).group(1))
 
 
 def test_stopping_the_api_delivers_hvsapidown_and_holds_back_what_it_inhibits(lab):
@@ -283,57 +334,6 @@ def test_prometheus_alerts_page_lists_every_rule_and_hvsapidown_firing(lab, brow
         return "HvsApiDown (1 active)" in shown and all(name in shown for name in names)
 
     page_shows(browser, every_alert, 20, f"{names} with HvsApiDown active", "prometheus-alerts")
-
-
-def test_the_locust_ui_offers_every_scenario_and_both_shapes(lab, browser):
-    after("up")
-    loadtest = ROOT / "loadtest"
-    scenarios = re.findall(r"^class (\w+)\(PredictionUser\)", (loadtest / "locustfile.py").read_text(), re.M)
-    shapes = [
-        m for f in sorted(loadtest.glob("shapes/*.py")) for m in re.findall(r"^class (\w+)\(", f.read_text(), re.M)
-    ]
-    assert len(scenarios) == 3 and len(shapes) == 2, (scenarios, shapes)
-    browser.get(lab.url("locust"))
-
-    def form_or_new_button(driver):
-        buttons = [b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip().upper() == "NEW"]
-        return "Start new load test" in text(driver) or buttons
-
-    # After a run the page shows that run's statistics, and its New button opens the form again.
-    if isinstance(shown := page_shows(browser, form_or_new_button, 20, "the start form", "locust-home"), list):
-        shown[0].click()
-
-    def picker(driver):
-        shown = text(driver)
-        if "User Classes" not in shown or "Shape Class" not in shown:
-            return False
-        users, _, shape_part = shown.partition("User Classes")[2].partition("Shape Class")
-        return all(s in users for s in scenarios) and all(s in shape_part for s in shapes)
-
-    page_shows(browser, picker, 20, f"the class picker with {scenarios} and {shapes}", "locust")
-
-
-def test_the_mlflow_ui_shows_the_runs_and_the_champion_alias(lab, browser):
-    after("retrain")
-    from hvs_api.train import CANDIDATES
-
-    browser.get(lab.url("mlflow"))
-    experiment = page_shows(
-        browser, lambda d: d.find_elements(By.LINK_TEXT, MODEL_NAME), 30, "the experiment", "mlflow-home"
-    )[0]
-    browser.get(experiment.get_attribute("href"))
-    runs = page_shows(browser, lambda d: d.find_elements(By.LINK_TEXT, "Training runs"), 30, "its runs", "mlflow-exp")
-    browser.get(runs[0].get_attribute("href"))
-    names = [c.name for c in CANDIDATES]
-    page_shows(browser, lambda d: all(n in text(d) for n in names), 30, f"the runs {names}", "mlflow-runs")
-    champion = champion_in_registry(lab)
-
-    def alias_on_champion(driver):
-        shown = text(driver)
-        return "@ champion" in shown.partition(f"Version {champion}")[2].partition("Version ")[0]
-
-    browser.get(f"{lab.url('mlflow')}/#/models/{MODEL_NAME}")
-    page_shows(browser, alias_on_champion, 30, f"version {champion} with the champion alias", "mlflow-model")
 
 
 def test_down_then_up_keeps_the_model_and_does_not_train_again(lab):
