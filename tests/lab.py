@@ -96,8 +96,7 @@ def rewrite_alertmanager(source: Path, target: Path, hosts: dict[str, str]) -> N
     shrink(config["route"])
     for receiver in config["receivers"]:
         for webhook in receiver.get("webhook_configs", []):
-            parts = urllib.parse.urlsplit(webhook["url"])
-            webhook["url"] = parts._replace(netloc=hosts[parts.netloc]).geturl()
+            webhook["url"] = rewrite_target(webhook["url"], hosts)
     target.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
