@@ -2,12 +2,28 @@
 
 Environment: HOST (0.0.0.0), PORT (5001), WORKERS (one per available CPU), INFERENCE_THREADS (1),
 PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds),
-MAX_REQUESTS (0: workers are never recycled).
+MAX_REQUESTS (0: workers are never recycled), CLIENT_IDLE_SECONDS (10), WORKER_CLASS (gevent;
+`sync` serves as before issue 12, one connection per worker process, for `make bench`'s comparison).
 """
 
-import logging
 import os
-import shutil
+
+# gevent must replace the blocking parts of the standard library before anything imports
+# them, and the app is preloaded in this master process (below): gunicorn would patch only in
+# each worker, after the app, MLflow and requests have captured the originals (and MLflow's
+# background threads, started here, would not survive the fork).
+WORKER_CLASS = os.environ.get("WORKER_CLASS", "gevent")
+if WORKER_CLASS == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+# MLflow would start usage-reporting threads while the master loads the model; a server has
+# nothing to report, and those threads (greenlets, once patched) would not survive the fork.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import logging  # noqa: E402 (after the patch, on purpose)
+import shutil  # noqa: E402
 
 # The app's own log lines (which model is served, or why none is) go to stderr beside gunicorn's.
 logging.basicConfig(
@@ -37,9 +53,12 @@ if os.environ.get("HVS_METRICS_DIR_OWNER") != str(os.getpid()):
 
 wsgi_app = "hvs_api:create_app()"
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
-# The model is CPU-bound: one synchronous worker per available core.
+# The model is CPU-bound: one worker process per available core. Each holds its clients'
+# connections in greenlets (hvs_api.gunicorn_worker), so slow clients wait without holding a
+# process, and up to worker_connections of them per worker.
 workers = int(os.environ.get("WORKERS") or len(os.sched_getaffinity(0)))
-worker_class = "sync"
+worker_class = "hvs_api.gunicorn_worker.SlowClientSafeWorker" if WORKER_CLASS == "gevent" else "sync"
+worker_connections = 1000
 # The app, MLflow and the model are loaded once in the master and shared with the workers
 # (copy-on-write), so a worker that dies is replaced in milliseconds, not seconds.
 preload_app = True
@@ -68,6 +87,21 @@ def when_ready(server):
     from prometheus_client.multiprocess import mark_process_dead
 
     mark_process_dead(os.getpid(), _metrics_dir)
+
+
+def post_worker_init(worker):
+    """Publish the worker's model and start its model watcher now, not on its first request.
+
+    A gevent worker may go a while without a request while the other takes them all; it must
+    still follow the champion alias, and its metrics must say which model it holds.
+    """
+    from hvs_api import start_in_this_process
+
+    app = worker.wsgi
+    if "hvs_model" not in getattr(app, "extensions", {}):
+        return  # Another app under these settings: make bench's bare Flask baseline.
+    with app.app_context():
+        start_in_this_process()
 
 
 def child_exit(server, worker):

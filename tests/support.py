@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.client import HTTPResponse
+from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 
 import pytest
@@ -121,15 +121,57 @@ class HeldRequest:
 
 
 @contextlib.contextmanager
-def one_worker_held(port: int, payload: object, server: "ApiServer | None" = None):
-    """Sends half of a ``POST /predict`` body, so that one sync worker sits reading it.
+def connections_to_each_worker(server: "ApiServer", attempts: int = 200, fresh_for: float = 2.5):
+    """One open connection to each worker of ``server``, as ``{worker pid: socket}``.
 
-    Every request made inside the block then goes to another worker: a deterministic way to
-    reach both workers of a two-worker server, where a run of sequential requests may all be
-    accepted by the same one. Given the ``server`` (one started here, whose processes this
-    machine sees), the block starts only once one of its workers has accepted the connection,
-    and ``held.worker`` is that worker's pid. The rest of the body is sent on leaving the
-    block; a connection the server dropped meanwhile leaves ``held.error`` set.
+    A gevent worker accepts connections for as long as they come, so which worker serves a
+    request is the kernel's choice: connections are opened (and kept open, which makes the
+    other workers likelier to win the next accept) until every worker holds one. A worker sends
+    nothing on a connection that has not sent its headers within ``keepalive`` (5 s) and closes
+    it, so each connection handed out was opened less than ``fresh_for`` seconds before; a
+    worker still starting can take longer than that to accept its first.
+    """
+    opened: list[socket.socket] = []
+    held: dict[int, tuple[float, socket.socket]] = {}
+    try:
+        while True:
+            now = time.monotonic()
+            fresh = {pid: sock for pid, (since, sock) in held.items() if now - since < fresh_for}
+            if len(fresh) == server.workers:
+                break
+            assert len(opened) < attempts, f"{attempts} connections reached only workers {sorted(fresh)}"
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            opened.append(sock)
+            worker = wait_for(lambda sock=sock: server.worker_holding(sock), 10, "a worker to accept")
+            if worker not in fresh:
+                held[worker] = (time.monotonic(), sock)
+        yield fresh
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def request_on(sock: socket.socket, method: str, path: str, payload: object = None) -> tuple[int, bytes]:
+    """``(status, body)`` of one request sent on an open (keep-alive) connection."""
+    host, port = sock.getpeername()[:2]
+    connection = HTTPConnection(host, port, timeout=10)
+    connection.sock = sock
+    body = None if payload is None else json.dumps(payload).encode()
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+@contextlib.contextmanager
+def one_worker_held(port: int, payload: object, server: "ApiServer | None" = None, sock: socket.socket | None = None):
+    """Sends half of a ``POST /predict`` body, so that one worker holds the request, reading it.
+
+    The worker (a gevent one) goes on serving other connections meanwhile. Given the
+    ``server`` (one started here, whose processes this machine sees), the block starts only
+    once one of its workers has accepted the connection, and ``held.worker`` is that worker's
+    pid. Given ``sock`` (from ``connections_to_each_worker``), the request goes on it. The rest
+    of the body is sent on leaving the block; a connection the server dropped meanwhile leaves
+    ``held.error`` set.
     """
     body = json.dumps(payload).encode()
     head = (
@@ -137,7 +179,8 @@ def one_worker_held(port: int, payload: object, server: "ApiServer | None" = Non
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     held = HeldRequest()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    opened = contextlib.nullcontext(sock) if sock else socket.create_connection(("127.0.0.1", port), timeout=10)
+    with opened as sock:
         sock.sendall(head + body[: len(body) // 2])
         if server is not None:
             held.worker = wait_for(lambda: server.worker_holding(sock), 10, "a worker to accept the held request")
@@ -154,12 +197,10 @@ def one_worker_held(port: int, payload: object, server: "ApiServer | None" = Non
             held.error = error
 
 
-def answers_of_both_workers(port: int, payload: object, server: "ApiServer | None" = None) -> list[tuple[int, bytes]]:
-    """``(status, body)`` of one ``POST /predict`` answered by each worker of a two-worker server:
-    one request held half-sent on one worker, another answered by the other meanwhile."""
-    with one_worker_held(port, payload, server) as held:
-        answer = http("POST", f"http://127.0.0.1:{port}/predict", payload)
-    return [answer, (held.status, held.body)]
+def answers_of_both_workers(server: "ApiServer", payload: object) -> list[tuple[int, bytes]]:
+    """``(status, body)`` of one ``POST /predict`` answered by each worker of ``server``, by pid."""
+    with connections_to_each_worker(server) as connections:
+        return [request_on(sock, "POST", "/predict", payload) for _, sock in sorted(connections.items())]
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -304,6 +345,19 @@ class ApiServer:
                         if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
                             return pid
         return None
+
+    def connections_held_by(self, pid: int) -> int:
+        """How many client connections to the server's port the process ``pid`` holds open."""
+        inodes = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == self.port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(f"socket:[{fields[9]}]")
+        held = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                held += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
+        return held
 
     def kill_worker(self, victim: int | None = None) -> int:
         """SIGKILL one worker (by default the oldest) and wait until the master has replaced it;

@@ -291,10 +291,10 @@ def test_latency_panels_are_over_successful_requests():
     assert len(ours) == 3 and all('status=~"2.."' in e for e in ours)
 
 
-def test_overview_has_red_rows():
+def test_overview_has_red_rows_and_saturation():
     overview = load(ROOT / "grafana/dashboards/hvs-api-overview.json")
     rows = [p["title"].split(":")[0] for p in overview["panels"] if p["type"] == "row"]
-    assert rows == ["Rate", "Errors", "Duration"]
+    assert rows == ["Rate", "Errors", "Duration", "Saturation"]
 
 
 def test_every_recording_rule_is_read_by_a_dashboard_or_another_rule():

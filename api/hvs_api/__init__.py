@@ -78,9 +78,14 @@ def _internal_error(error: Exception):
     return jsonify({"error": "internal_error", "message": "the server failed to handle the request"}), 500
 
 
-def _start_in_this_process():
+def start_in_this_process():
+    """Publish this process's model and start its watcher, once per process (call in an app context).
+
+    gunicorn's post_worker_init hook calls it as each worker starts; the first request of any
+    other process (the Flask test client, a WSGI server without the hook) does too.
+    """
     # gunicorn forks workers from the master that built the app: each worker publishes its
-    # model's metrics and starts its own watcher thread on its first request. A worker forked
+    # model's metrics and starts its own watcher thread. A worker forked
     # after a promotion (a crash, MAX_REQUESTS) starts with the master's older model, so it
     # first asks the registry which version the alias names: one query per new worker, and
     # check_once publishes the model it loads (the old version's series at 0).
@@ -124,7 +129,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _json_error)
     app.register_error_handler(Exception, _internal_error)
-    app.before_request(_start_in_this_process)
+    app.before_request(start_in_this_process)
     app.after_request(_security_headers)
 
     metrics = ApiMetrics(app, app.config["APP_VERSION"], enabled=app.config["METRICS_ENABLED"])

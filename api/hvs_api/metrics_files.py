@@ -24,6 +24,8 @@ from prometheus_client.multiprocess import mark_process_dead
 
 ARCHIVE = "archive"
 LOCK_FILE = "compaction.lock"  # Not *.db: the collector ignores it.
+# prometheus_client's files start with 4 bytes of used length and 4 of padding.
+_HEADER_BYTES = 8
 
 # File kind -> how two processes' values of one series combine.
 FOLDABLE: dict[str, Callable[[float, float], float]] = {
@@ -54,6 +56,12 @@ def fold_dead_worker(directory: str | Path, pid: int) -> int:
         for kind, combine in FOLDABLE.items():
             dead = directory / f"{kind}_{pid}.db"
             if not dead.exists():
+                continue
+            if dead.stat().st_size < _HEADER_BYTES:
+                # The worker died while creating the file (a worker killed as it starts):
+                # nothing was recorded in it, and reading it would raise.
+                dead.unlink()
+                removed += 1
                 continue
             archive = MmapedDict(str(directory / f"{kind}_{ARCHIVE}.db"))
             try:

@@ -8,7 +8,7 @@ A failed check or load is logged and the current model keeps serving.
 
 gunicorn's SIGHUP would not do this: the app is preloaded in the master, so restarted
 workers would inherit the old model. For the same reason a worker that replaces another runs
-one check before its first answer (see ``hvs_api._start_in_this_process``).
+one check before its first answer (see ``hvs_api.start_in_this_process``).
 """
 
 import logging

@@ -3,7 +3,7 @@
 import time
 
 from flask import Blueprint, current_app, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from hvs_api import openapi, schema
 from hvs_api.features import LABELS
@@ -18,6 +18,37 @@ FAULT_HEADER = "X-Inject-Fault"
 def _refused(error: schema.RequestError):
     api_metrics().request_refused(error.reason)
     return jsonify(error.as_dict()), error.status
+
+
+def _body() -> bytes:
+    """The request body, or a RequestError when it is too large or never arrives whole."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+
+    def too_large():
+        return schema.refuse(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+    def incomplete():
+        return schema.refuse(400, "body_incomplete", "the body ended before it was complete")
+
+    if request.content_length is None:
+        # A chunked body has no length to check up front, and werkzeug's limit would cut it
+        # at the limit without a word (a 400 for broken JSON): read one byte past the limit
+        # to know. OSError covers the client closing or going quiet (CLIENT_IDLE_SECONDS,
+        # hvs_api.gunicorn_worker) and a broken chunk framing.
+        try:
+            raw = request.environ["wsgi.input"].read(limit + 1)
+        except (OSError, ValueError) as exc:
+            raise incomplete() from exc
+        if len(raw) > limit:
+            raise too_large()
+        return raw
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise too_large() from exc
+    except ClientDisconnected as exc:
+        # The client closed the connection, or stopped sending for CLIENT_IDLE_SECONDS.
+        raise incomplete() from exc
 
 
 @bp.post("/predict")
@@ -36,11 +67,7 @@ def predict():
                 "unsupported_media_type",
                 f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
             )
-        try:
-            raw = request.get_data(cache=False)
-        except RequestEntityTooLarge as exc:
-            limit = current_app.config["MAX_CONTENT_LENGTH"]
-            raise schema.refuse(413, "body_too_large", f"the body is larger than {limit} bytes") from exc
+        raw = _body()
         features = schema.validate(schema.parse_json(raw), current_app.config["MAX_BATCH_RECORDS"])
     except schema.RequestError as error:
         return _refused(error)

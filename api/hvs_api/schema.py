@@ -26,6 +26,7 @@ from hvs_api.features import FEATURE_NAMES, FEATURES
 INVALID_REASONS: tuple[str, ...] = (
     "unsupported_media_type",
     "body_too_large",
+    "body_incomplete",
     "malformed_json",
     "duplicate_key",
     "invalid_shape",

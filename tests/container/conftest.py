@@ -10,7 +10,9 @@ import pytest
 from tests.container import browser as browsers
 from tests.container.compose import ComposeLab
 from tests.container.engine import Engine, EngineUnavailable, ImageOrigin, base_images, ensure_image
-from tests.support import ROOT
+from tests.integration.test_slow_clients import oversized, with_urllib
+from tests.slow_clients import Answers, SlowClients, connections_held, ordinary_requests
+from tests.support import NORMAL, ROOT
 
 RESULTS = ROOT / "results"
 CACHE = ROOT / ".cache" / "container"
@@ -84,3 +86,50 @@ def browser(engine):
         unavailable(reason)
     with browsers.chromium() as driver:
         yield driver
+
+
+@pytest.fixture
+def slow_clients_check():
+    """Checks an API published on a host port against slow clients, as the native test does.
+
+    240 connections trickle headers or bodies, or sit idle, through Docker's published port
+    (docker-proxy), while ordinary requests for 10 s in all must each be answered within 2 s
+    and the API's workers must hold the slow connections (``hvs_api_connections_in_progress``,
+    read three times, see connections_held). A 22 MB body sent whole by urllib meanwhile gets
+    the JSON 413. Returns the figures, also printed (``-rA`` shows them).
+    """
+
+    def check(port: int, count: int = 240, seconds: float = 10.0) -> dict:
+        url = f"http://127.0.0.1:{port}"
+        answers, readings = Answers(), []
+        with SlowClients("127.0.0.1", port, count=count) as slow:
+            for _ in range(3):
+                more = ordinary_requests(url, NORMAL, seconds=seconds / 3)
+                answers.latencies += more.latencies
+                answers.failures += more.failures
+                readings.append(connections_held(url, answers.failures))
+            try:
+                status, refused = with_urllib(url + "/predict", oversized(22_000_000))
+            except OSError as error:
+                status, refused = None, {"error": repr(error)}
+        held = [highest for highest, _ in readings]
+        figures = {
+            "connections_in_progress": held,
+            "lowest_scraped": [lowest for _, lowest in readings],
+            "slow_connections_opened": slow.opened,
+            "closed_by_the_server": slow.closed_by_server,
+            "ordinary_requests": len(answers.latencies),
+            "ordinary_p95_ms": round(answers.p95_ms, 1),
+            "ordinary_max_ms": round(answers.max_ms, 1),
+            "oversized_22mb": (status, refused.get("error")),
+        }
+        print(f"slow clients against {url}: {figures}")
+        assert answers.failures == [], (answers.failures[:5], figures)
+        # Every ordinary request was answered within a couple of seconds, slow clients or not.
+        assert answers.max_ms < 2000, figures
+        # The workers held the slow connections (the gauge counts the scrape's own too).
+        assert None not in held and min(held) >= 200, figures
+        assert (status, refused.get("error")) == (413, "body_too_large"), (status, refused)
+        return figures
+
+    return check

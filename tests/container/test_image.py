@@ -152,7 +152,7 @@ def pod_volumes(image):
         docker("volume", "rm", "--force", name, check=False)
 
 
-def test_the_image_runs_as_the_kubernetes_pod_runs_it(image, run_container, pod_volumes):
+def test_the_image_runs_as_the_kubernetes_pod_runs_it(image, run_container, pod_volumes, slow_clients_check):
     pod, volumes = pod_volumes
     sizes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"]}
     [init], [api] = pod["initContainers"], pod["containers"]
@@ -181,6 +181,8 @@ def test_the_image_runs_as_the_kubernetes_pod_runs_it(image, run_container, pod_
     assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"].strip() == "1", fields
     write = docker("exec", name, "touch", "/app/written", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr, write
+    # Within the pod's limits (its CPUs, memory and 64 MiB of /tmp), slow clients do not starve it.
+    slow_clients_check(host_port)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +15,11 @@ from tests.support import (
     HAZARDOUS,
     NORMAL,
     answers_of_both_workers,
+    connections_to_each_worker,
     http,
     metric_value,
-    one_worker_held,
     predict_ok,
+    request_on,
     run_id_of,
     values_by_label,
     wait_for,
@@ -42,12 +44,13 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
     workers = server.worker_pids()
     assert len(workers) == 2
 
-    # One worker reads a held Normal record while the other serves the rest: both count.
-    with one_worker_held(server.port, NORMAL, server) as held:
-        predict_many(server, 3, 2)
-    assert held.status == 200
-    # The held worker counted its one record, the other the five sent meanwhile.
-    assert server.predictions_by_worker() == {held.worker: 1, **{pid: 5 for pid in workers if pid != held.worker}}
+    # One worker predicts one Normal record, the other three Normal and two Hazardous: both count.
+    with connections_to_each_worker(server) as connections:
+        first, second = sorted(connections)
+        assert request_on(connections[first], "POST", "/predict", NORMAL)[0] == 200
+        for payload in [NORMAL] * 3 + [HAZARDOUS] * 2:
+            assert request_on(connections[second], "POST", "/predict", payload)[0] == 200
+    assert server.predictions_by_worker() == {first: 1, second: 5}
     sent_normal, sent_hazardous = 4, 2
     n = sent_normal + sent_hazardous
     text = server.metrics()
@@ -86,16 +89,32 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
     assert problems == [], problems
 
 
+def cpu_ticks_by_thread(pid: int) -> dict[int, int]:
+    """User plus system CPU time of each thread of a process, in clock ticks."""
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks
+
+
 def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
-    """Two workers each starting one OpenMP thread per core would oversubscribe the CPUs."""
-    # A gradient-boosting model, whose predict runs OpenMP loops; without the registry
-    # watcher, a worker's only thread is then its main one.
+    """Two workers each starting one OpenMP thread per core would oversubscribe the CPUs.
+
+    The threads counted are those that do the predictions' work: a gevent worker may hold
+    other threads (its resolver's pool), idle ones. A gradient-boosting model is served, whose
+    predict runs OpenMP loops that would spread a batch over every inference thread.
+    """
     env = {"BEST_MLFLOW_RUN_ID": run_id_of(trained_mlruns, "hist_gradient_boosting_small"), "MODEL_RELOAD_SECONDS": "0"}
     server = start_api(trained_mlruns, workers=2, extra_env=env)
-    for _ in range(10):
-        assert http("POST", server.url + "/predict", {"records": [NORMAL] * 1000})[0] == 200
-    for pid in server.worker_pids():
-        assert len(os.listdir(f"/proc/{pid}/task")) == 1, f"worker {pid} runs extra threads"
+    before = {pid: cpu_ticks_by_thread(pid) for pid in server.worker_pids()}
+    with connections_to_each_worker(server) as connections:
+        for _ in range(15):
+            for sock in connections.values():
+                assert request_on(sock, "POST", "/predict", {"records": [NORMAL] * 1000})[0] == 200
+    for pid, ticks in before.items():
+        busy = {tid for tid, spent in cpu_ticks_by_thread(pid).items() if spent > ticks.get(tid, 0)}
+        assert busy == {pid}, f"worker {pid}: threads {sorted(busy)} did the predictions' work, not its main one alone"
 
 
 def test_a_stale_metrics_directory_is_emptied_at_start(trained_mlruns, start_api, tmp_path):
@@ -147,7 +166,7 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
 
     def both_workers_answer_with_version_2():
-        answers = answers_of_both_workers(server.port, NORMAL, server)
+        answers = answers_of_both_workers(server, NORMAL)
         return [json.loads(body)["prediction"]["model_version"] for _, body in answers] == ["2", "2"]
 
     wait_for(both_workers_answer_with_version_2, 30, "both workers to serve version 2")
@@ -169,7 +188,7 @@ def test_workers_forked_after_a_promotion_serve_the_new_champion_from_their_firs
     for _ in range(server.workers):
         server.kill_worker()
     # Every worker is now one forked after the promotion; their first answers must be version 2.
-    answers = answers_of_both_workers(server.port, NORMAL, server)
+    answers = answers_of_both_workers(server, NORMAL)
     assert [status for status, _ in answers] == [200, 200]
     versions = [json.loads(body)["prediction"]["model_version"] for _, body in answers]
     assert versions == ["2", "2"]
@@ -242,10 +261,10 @@ def test_one_worker_without_a_model_reads_as_no_model_loaded(tmp_path, start_api
     mlruns.mkdir()
     server = start_api(mlruns, wait_ready=False, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "3600"})
     # Both workers have answered once, without a model; no poll will come during the test.
-    assert sorted(status for status, _ in answers_of_both_workers(server.port, NORMAL, server)) == [503, 503]
+    assert sorted(status for status, _ in answers_of_both_workers(server, NORMAL)) == [503, 503]
     train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
     server.kill_worker()
     # The new worker finds the champion before its first answer; the other one still has none.
-    assert sorted(status for status, _ in answers_of_both_workers(server.port, NORMAL, server)) == [200, 503]
+    assert sorted(status for status, _ in answers_of_both_workers(server, NORMAL)) == [200, 503]
     assert metric_value(server.metrics(), "hvs_model_loaded") == 0
