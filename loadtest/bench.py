@@ -1,12 +1,17 @@
 """`make bench`: the API against its peers, on this machine, measured side by side in one run.
 
 Servers, each with the API's gunicorn settings where it has them (2 workers, one inference
-thread per worker), all on 127.0.0.1 and all started before the first measurement:
+thread per worker, the gevent worker class), all on 127.0.0.1 and all started before the
+first measurement:
 
 1. ``hello``: a bare Flask POST endpoint (loadtest/hello_app.py), the HTTP stack's floor;
 2. ``predict``: the API's ``/predict``, one record and a 100-record batch, metrics on;
 3. ``predict-nometrics``: the same with ``METRICS_ENABLED=false``;
-4. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;
+4. ``predict-sync``: the API's ``/predict``, one record, with ``WORKER_CLASS=sync`` (gunicorn's
+   sync workers, as the API served before issue 12): beside ``predict``, what the gevent worker
+   costs. wrk keeps its connections alive, but a sync worker closes each connection after its
+   answer, so against it wrk connects anew for every request: that is how sync serves;
+5. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;
 
 plus the in-process model call (the model's own limit). wrk (one thread, fixed connections)
 loads one target at a time, the targets interleaved round by round (A B C A B C ...), and the
@@ -17,7 +22,7 @@ until the new worker has answered its first request, with the registry check a n
 makes before that answer (so that it never serves a champion older than the registry's) and
 without it (``MODEL_RELOAD_SECONDS=0``): two one-worker servers, trials interleaved in blocks.
 
-Usage: python -m loadtest.bench [--rounds N] [--duration S] [--connections C] [--restarts R]
+Usage: python -m loadtest.bench [--rounds N] [--duration S] [--connections C] [--timeout S] [--restarts R]
 Writes results/bench.json and results/bench.md.
 """
 
@@ -40,6 +45,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 2
+# The API's default worker class (gunicorn.conf.py's WORKER_CLASS), and the row that measures it
+# against gunicorn's sync workers.
+GEVENT = "gevent"
+GEVENT_TARGET = "predict single"
+SYNC_TARGET = "predict single, sync worker"
 
 
 def log(message: str) -> None:
@@ -163,7 +173,7 @@ class Target:
     rows: int = 1
 
 
-def run_wrk(wrk: str, target: Target, duration: int, connections: int, workdir: Path) -> dict:
+def run_wrk(wrk: str, target: Target, duration: int, connections: int, timeout: int, workdir: Path) -> dict:
     script = workdir / f"{target.name}.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{target.body}]==]\n'
@@ -171,7 +181,18 @@ def run_wrk(wrk: str, target: Target, duration: int, connections: int, workdir: 
     url = f"http://127.0.0.1:{target.server.port}{target.path}"
     before = cpu_seconds(target.server.pids())
     out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            f"{timeout}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -289,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    # wrk gives up on an answer after 2 s by default and counts it as a socket error, which
+    # stops the run. A late answer is a latency to report, up to the API's own limit
+    # (gunicorn's TIMEOUT).
+    parser.add_argument("--timeout", type=int, default=30, help="seconds wrk waits for an answer")
     parser.add_argument("--restarts", type=int, default=500)
     parser.add_argument("--replacements", type=int, default=200, help="per server, for the replacement cost")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
@@ -312,8 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads((ROOT / "test_payload.json").read_text())
     batch = data.records(100, seed=11)
 
-    gunicorn = [str(BIN / "gunicorn"), "--config", str(ROOT / "api" / "gunicorn.conf.py")]
-    api_env = {"WORKERS": str(WORKERS), "MODEL_RELOAD_SECONDS": "0", "MLRUNS_DIR": str(mlruns)}
+    api_config = ROOT / "api" / "gunicorn.conf.py"
+    gunicorn = [str(BIN / "gunicorn"), "--config", str(api_config)]
+    # The worker class is named, not inherited: a WORKER_CLASS in the caller's environment would
+    # otherwise turn the gevent-vs-sync comparison into sync against sync.
+    api_env = {
+        "WORKERS": str(WORKERS),
+        "MODEL_RELOAD_SECONDS": "0",
+        "MLRUNS_DIR": str(mlruns),
+        "WORKER_CLASS": GEVENT,
+    }
     servers = {
         "hello": Server(
             "hello",
@@ -330,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
             gunicorn,
             ROOT / "api",
             {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m2"), "METRICS_ENABLED": "false"},
+        ),
+        "predict-sync": Server(
+            "predict-sync",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m5"), "WORKER_CLASS": "sync"},
         ),
         "mlflow-serve": Server(
             "mlflow-serve",
@@ -370,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         Target("hello", servers["hello"], "/hello", json.dumps({"ping": 1})),
         Target("predict single", servers["predict"], "/predict", json.dumps(record)),
         Target("predict single, metrics off", servers["predict-nometrics"], "/predict", json.dumps(record)),
+        Target(SYNC_TARGET, servers["predict-sync"], "/predict", json.dumps(record)),
         Target(
             "mlflow models serve single",
             servers["mlflow-serve"],
@@ -385,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
         log("servers ready; warming up")
         for target in targets:
-            run_wrk(wrk, target, 1, args.connections, workdir)
+            run_wrk(wrk, target, 1, args.connections, args.timeout, workdir)
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         model_in_server: list[float] = []
         for round_number in range(1, args.rounds + 1):
@@ -393,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The model call as the server makes it, timed by the API itself (outside
                 # run_wrk, so these two scrapes do not count in the server's CPU).
                 before = inference_totals(target.server) if target.name == "predict single" else None
-                result = run_wrk(wrk, target, args.duration, args.connections, workdir)
+                result = run_wrk(wrk, target, args.duration, args.connections, args.timeout, workdir)
                 if before is not None:
                     after = inference_totals(target.server)
                     model_in_server.append((after[0] - before[0]) / (after[1] - before[1]) * 1e6)
@@ -469,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "connections": args.connections,
+            "wrk_timeout_s": args.timeout,
             "workers": WORKERS,
+            "worker_class": GEVENT,
             "model": champion.estimator.__class__.__name__,
         },
         "targets": table,
@@ -497,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for kind, figures in replacement.items()
         },
+        "worker_class": worker_class_cost(table),
         "checks": [
             {"check": c, "value": v, "target": f"{op} {t}", "met": v >= t if op == ">=" else v <= t}
             for c, v, op, t in checks
@@ -508,6 +551,28 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def worker_class_cost(table: dict) -> dict:
+    """The gevent worker against the sync one on the same single-record load: the ratios of
+    their median throughput and median server CPU per request (above 1: gevent's is higher)."""
+    gevent, sync = table[GEVENT_TARGET], table[SYNC_TARGET]
+    return {
+        "gevent_target": GEVENT_TARGET,
+        "sync_target": SYNC_TARGET,
+        "rps_ratio": gevent["rps"]["median"] / sync["rps"]["median"],
+        "cpu_per_request_ratio": gevent["cpu_us_per_request"]["median"] / sync["cpu_us_per_request"]["median"],
+    }
+
+
+def worker_class_line(cost: dict) -> str:
+    return (
+        f"gevent vs sync worker (`{cost['gevent_target']}` against `{cost['sync_target']}`, the API's "
+        f"/predict with `WORKER_CLASS=sync`): throughput {cost['rps_ratio']:.2f}x, server CPU per request "
+        f"{cost['cpu_per_request_ratio']:.2f}x. wrk keeps its connections alive; a sync worker closes each "
+        "connection after its answer, so against it wrk connects anew for every request (that is how sync "
+        "serves: the connect and accept are in its figures)."
+    )
 
 
 def replacement_line(replacement: dict) -> str:
@@ -527,8 +592,10 @@ def render(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     lines = [
         f"Machine: {m['cpus']} CPUs, {m['cpu']}, Python {m['python']}, {m['date']}. "
-        f"wrk -t1 -c{s['connections']}, {s['rounds']} interleaved rounds of {s['duration_s']} s, "
-        f"{s['workers']} workers per server, model {s['model']}.",
+        f"wrk -t1 -c{s['connections']} --timeout {s['wrk_timeout_s']}s, "
+        f"{s['rounds']} interleaved rounds of {s['duration_s']} s, "
+        f"{s['workers']} workers per server ({s['worker_class']} worker class, but for the sync worker row), "
+        f"model {s['model']}.",
         "",
         "| target | req/s median (min–max) | rows/s | p50 ms | p99 ms | server CPU µs/request |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -546,6 +613,8 @@ def render(results: dict) -> str:
         f"{call['single']['cpu_us_per_call']:,.0f} |",
         f"| in-process model call, 100 rows | {call['batch100']['calls_per_s']:,.0f} calls/s | "
         f"{call['batch100']['calls_per_s'] * 100:,.0f} | | | {call['batch100']['cpu_us_per_call']:,.0f} |",
+        "",
+        worker_class_line(results["worker_class"]),
         "",
         "The model call inside the predict server, as its own `hvs_model_inference_duration_seconds` "
         f"histogram timed it under the single-record load: {in_server['us_per_call']['median']:,.0f} µs "
