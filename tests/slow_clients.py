@@ -9,7 +9,7 @@ ways a client can hold a connection without finishing a request:
 
 A connection the server closes (it may drop clients that are too slow) is opened again at
 once, so the count holds for the whole test. ``ordinary_requests`` meanwhile measures what
-everyone else gets.
+everyone else gets, and ``while_held`` alternates it with readings of the API's connection gauge.
 """
 
 import contextlib
@@ -169,3 +169,33 @@ def connections_held(url: str, failures: list[str], span: float = 1.5) -> tuple[
         values.append(value)
         time.sleep(0.25)
     return (max(values), min(values)) if values else (None, None)
+
+
+def while_held(url: str, payload: object, rounds: int = 3, seconds: float = 2.5) -> tuple[Answers, list[tuple]]:
+    """Ordinary requests for ``seconds``, then a reading of the connection gauge, ``rounds`` times.
+
+    Returns what the ordinary requests got (a failed scrape counts among their failures) and
+    the ``(highest, lowest)`` readings of ``connections_held``.
+    """
+    answers, readings = Answers(), []
+    for _ in range(rounds):
+        more = ordinary_requests(url, payload, seconds=seconds)
+        answers.latencies += more.latencies
+        answers.failures += more.failures
+        readings.append(connections_held(url, answers.failures))
+    return answers, readings
+
+
+def oversized(size: int) -> bytes:
+    """A JSON batch of about ``size`` bytes (padded with whitespace: only the size matters)."""
+    return b'{"records": [' + b" " * (size - 15) + b"]}"
+
+
+def with_urllib(url: str, body) -> tuple[int, dict]:
+    """``(status, JSON answer)`` of a POST sent with urllib, which writes the whole body before reading."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -278,6 +278,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _socket_fds(pid: int) -> list[str]:
+    """What the file descriptors of process ``pid`` point to (``socket:[inode]`` for sockets)."""
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return links
+
+
 @dataclass
 class ApiServer:
     """The API started the way the image starts it: its CMD, its ENV, from the image's working folder."""
@@ -331,33 +340,31 @@ class ApiServer:
         """The pid of the worker that has accepted ``client``'s connection, or None (yet)."""
         client_port = client.getsockname()[1]
         inode = None
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port, remote_port = (int(address.split(":")[1], 16) for address in fields[1:3])
-            if (local_port, remote_port) == (self.port, client_port):
-                inode = fields[9]
+        for remote_port, _, socket_inode in self._server_side_sockets():
+            if remote_port == client_port:
+                inode = socket_inode
         if inode in (None, "0"):  # Still in the listen queue: no process holds it.
             return None
         for pid in self.worker_pids():
             with contextlib.suppress(FileNotFoundError):
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    with contextlib.suppress(FileNotFoundError):
-                        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                            return pid
+                if f"socket:[{inode}]" in _socket_fds(pid):
+                    return pid
         return None
 
     def connections_held_by(self, pid: int) -> int:
         """How many client connections to the server's port the process ``pid`` holds open."""
-        inodes = set()
+        established = {f"socket:[{inode}]" for _, state, inode in self._server_side_sockets() if state == "01"}
+        return sum(link in established for link in _socket_fds(pid))
+
+    def _server_side_sockets(self) -> list[tuple[int, str, str]]:
+        """``(client port, TCP state, socket inode)`` of the server's end of each connection to its port."""
+        found = []
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if int(fields[1].split(":")[1], 16) == self.port and fields[3] == "01":  # 01: ESTABLISHED
-                inodes.add(f"socket:[{fields[9]}]")
-        held = 0
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(FileNotFoundError):
-                held += os.readlink(f"/proc/{pid}/fd/{fd}") in inodes
-        return held
+            local_port, remote_port = (int(address.split(":")[1], 16) for address in fields[1:3])
+            if local_port == self.port:
+                found.append((remote_port, fields[3], fields[9]))
+        return found
 
     def kill_worker(self, victim: int | None = None) -> int:
         """SIGKILL one worker (by default the oldest) and wait until the master has replaced it;

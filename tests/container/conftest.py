@@ -10,8 +10,7 @@ import pytest
 from tests.container import browser as browsers
 from tests.container.compose import ComposeLab
 from tests.container.engine import Engine, EngineUnavailable, ImageOrigin, base_images, ensure_image
-from tests.integration.test_slow_clients import oversized, with_urllib
-from tests.slow_clients import Answers, SlowClients, connections_held, ordinary_requests
+from tests.slow_clients import SlowClients, oversized, while_held, with_urllib
 from tests.support import NORMAL, ROOT
 
 RESULTS = ROOT / "results"
@@ -101,13 +100,8 @@ def slow_clients_check():
 
     def check(port: int, count: int = 240, seconds: float = 10.0) -> dict:
         url = f"http://127.0.0.1:{port}"
-        answers, readings = Answers(), []
         with SlowClients("127.0.0.1", port, count=count) as slow:
-            for _ in range(3):
-                more = ordinary_requests(url, NORMAL, seconds=seconds / 3)
-                answers.latencies += more.latencies
-                answers.failures += more.failures
-                readings.append(connections_held(url, answers.failures))
+            answers, readings = while_held(url, NORMAL, rounds=3, seconds=seconds / 3)
             try:
                 status, refused = with_urllib(url + "/predict", oversized(22_000_000))
             except OSError as error:

@@ -18,7 +18,7 @@ import requests
 from geventhttpclient import HTTPClient
 
 from hvs_api.gunicorn_worker import DISCARD_LIMIT_BYTES
-from tests.slow_clients import Answers, SlowClients, connections_held, ordinary_requests
+from tests.slow_clients import SlowClients, oversized, while_held, with_urllib
 from tests.support import NORMAL, metric_value, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -28,14 +28,9 @@ TOO_LARGE = "hvs_api_invalid_requests_total"
 
 def test_slow_connections_do_not_starve_the_api(trained_mlruns, start_api, figures):
     server = start_api(trained_mlruns, workers=2)
-    answers, readings = Answers(), []
     with SlowClients("127.0.0.1", server.port, count=240) as slow:
         wait_for(lambda: slow.opened >= slow.count, 10, "the slow connections to open")
-        for _ in range(3):
-            more = ordinary_requests(server.url, NORMAL, seconds=2.5)
-            answers.latencies += more.latencies
-            answers.failures += more.failures
-            readings.append(connections_held(server.url, answers.failures))
+        answers, readings = while_held(server.url, NORMAL, rounds=3, seconds=2.5)
     assert answers.failures == [], answers.failures[:5]
     # Every ordinary request was answered within a couple of seconds, slow clients or not.
     assert answers.max_ms < 2000, answers.max_ms
@@ -52,26 +47,12 @@ def test_slow_connections_do_not_starve_the_api(trained_mlruns, start_api, figur
     }
 
 
-def oversized(size: int) -> bytes:
-    """A JSON batch of about ``size`` bytes (padded with whitespace: only the size matters)."""
-    return b'{"records": [' + b" " * (size - 15) + b"]}"
-
-
 def chunks(size: int, chunk: int = 64 * 1024):
     """A body of ``size`` bytes with no length announced: each client sends it chunked."""
     sent = 0
     while sent < size:
         yield b" " * min(chunk, size - sent)
         sent += chunk
-
-
-def with_urllib(url: str, body) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def with_requests(url: str, body) -> tuple[int, dict]:
