@@ -35,11 +35,15 @@ NOTIFICATION = {
 def receiver():
     """A receiver on a free port, serving the repository's runbook."""
     server = alert_receiver.serve("127.0.0.1", 0, ROOT / "prometheus" / "runbook.md", keep=3)
+    # A request's thread may still be closing its socket after the client has read the answer;
+    # non-daemon request threads are joined by server_close, so none outlives the test.
+    server.daemon_threads = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+    thread.join()
 
 
 def call(url, body=None, raw=None):
