@@ -34,7 +34,7 @@ COMPOSE_SCHEMA := .cache/compose.schema.json
 
 .PHONY: help  ## list the targets
 help:
-	@grep -E '^\.PHONY: [a-z-]+ +## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z-]+) +## (.*)/  make \1\t\2/' | expand -t 24
+	@grep -E '^\.PHONY: [a-z0-9-]+ +## ' $(MAKEFILE_LIST) | sed -E 's/^\.PHONY: ([a-z0-9-]+) +## (.*)/  make \1\t\2/' | expand -t 24
 
 $(VENV_STAMP): api/requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,20 @@ test-container: $(VENV_STAMP) system-deps
 .PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards, runbook and alertmanager.yml
 k8s: $(VENV_STAMP)
 	$(BIN)/python k8s/generate.py
+
+# The Kubernetes path (README, "Promote to Kubernetes"): the current kubectl context, kind or
+# Docker Desktop; helm, kubectl and (for kind) kind installed. Not part of make test.
+.PHONY: k8s-stack  ## install the pinned kube-prometheus-stack and metrics-server into the current cluster
+k8s-stack:
+	k8s/install-stack.sh
+
+.PHONY: k8s-deploy  ## build the image, load it into the cluster, apply k8s/overlays/local, roll the pods onto it
+k8s-deploy:
+	k8s/deploy.sh
+
+.PHONY: kind-smoke  ## create a kind cluster, install everything, and check the README's claims in it
+kind-smoke:
+	k8s/kind-smoke.sh
 
 .PHONY: image  ## build the API image (needs a Docker engine)
 image:

@@ -7,6 +7,7 @@
 #   container stage: Docker Engine (docker.io), the Compose v2 and buildx CLI plugins, debootstrap
 #                    (stand-in base images where no registry can be reached), and chromium with
 #                    chromium-driver (browser checks). Without them the stage skips itself.
+#   k8s scripts:     shellcheck, for the scripts of the Kubernetes path that no cluster runs here.
 set -euo pipefail
 
 PLUGINS=/usr/local/lib/docker/cli-plugins
@@ -25,6 +26,7 @@ docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || packages+=(docke
 command -v debootstrap >/dev/null || packages+=(debootstrap)
 command -v chromium >/dev/null || packages+=(chromium)
 command -v chromedriver >/dev/null || packages+=(chromium-driver)
+command -v shellcheck >/dev/null || packages+=(shellcheck)
 plugins=()
 docker compose version >/dev/null 2>&1 || plugins+=(docker-compose)
 docker buildx version >/dev/null 2>&1 || plugins+=(docker-buildx)

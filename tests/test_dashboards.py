@@ -14,6 +14,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from tests.kube import fullname, grafana_fullname, release_and_namespace, stack_values
 from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, substitute_variables
 
 register_default_plugins()
@@ -167,13 +168,15 @@ def test_api_dashboards_filter_by_job_and_instance():
 
 
 STACK_COMPONENTS = ("prometheus", "alertmanager", "grafana")
-# kube-prometheus-stack's own ServiceMonitors, release "prometheus" (k8s/helm-values.yaml): the job is
-# the Service's name, <release>-kube-prometheus-<component> (the chart's fullname cut to 26
-# characters), and the Grafana subchart's <release>-grafana.
+# kube-prometheus-stack's own ServiceMonitors: the job is the Service's name,
+# <fullname>-prometheus and <fullname>-alertmanager, and the Grafana subchart's fullname
+# (tests/kube.py computes them as the chart's templates do, for the release k8s/ installs).
+_RELEASE = release_and_namespace()[0]
+_VALUES = stack_values(ROOT / "k8s" / "helm-values.yaml")
 CHART_JOBS = {
-    "prometheus": "prometheus-kube-prometheus-prometheus",
-    "alertmanager": "prometheus-kube-prometheus-alertmanager",
-    "grafana": "prometheus-grafana",
+    "prometheus": f"{fullname(_RELEASE, _VALUES)}-prometheus",
+    "alertmanager": f"{fullname(_RELEASE, _VALUES)}-alertmanager",
+    "grafana": grafana_fullname(_RELEASE, _VALUES),
 }
 
 

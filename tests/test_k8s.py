@@ -1,13 +1,13 @@
 """The Kubernetes path validated offline: kustomize renders every overlay, built-in kinds pass
 the Kubernetes schema strictly, the custom resources have the structure the operator needs,
-the rules and dashboards are the Compose lab's own, and the security settings hold."""
+the rules and dashboards are the Compose lab's own, and the security settings hold. What the
+pinned kube-prometheus-stack makes of them is in test_k8s_chart.py."""
 
 import glob
 import json
 import os
 import posixpath
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.kube import K8S, OVERLAYS, allows, kustomize, one, workers_for
 from tests.support import ROOT
 
-K8S = ROOT / "k8s"
-OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 BUILT_IN = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"}
 KUBERNETES_VERSION = "1.30.0"
 # The usual short names, as kubectl knows them.
@@ -32,25 +31,11 @@ LAB_ONLY_RULE_FILES = {"monitoring-stack.yml"}
 LAB_ONLY_RECEIVERS = {"lab-heartbeat"}
 
 
-def kustomize(folder: Path) -> list[dict]:
-    if shutil.which("kubectl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("kubectl is missing, and CI must not skip the Kubernetes checks")
-        pytest.skip("kubectl is not installed: install it to render and validate k8s/")
-    result = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-@pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
+# The base too: someone may apply it as it is.
+@pytest.fixture(scope="module", params=[*OVERLAYS, K8S / "base"], ids=lambda p: p.name)
 def objects(request) -> list[dict]:
-    """The rendered objects of one overlay."""
+    """The rendered objects of one overlay, or of the base."""
     return kustomize(request.param)
-
-
-def one(objects: list[dict], kind: str, name: str) -> dict:
-    [found] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
-    return found
 
 
 def test_there_is_a_local_overlay():
@@ -73,49 +58,83 @@ def test_built_in_kinds_pass_the_schema_strictly(objects):
     assert checked >= 9
 
 
-def crd_problems(obj: dict) -> str | None:
-    """What prometheus-operator's CRD schema refuses in a custom resource, or None.
-
-    The models are generated from the CRDs: types, enums and patterns are checked when an
-    object is parsed. They ignore fields they do not know, so a round trip that loses or
-    changes anything shows a field the CRD does not have.
-    """
-    from cloudcoil.models.prometheus_operator import v1, v1alpha1
-    from pydantic import ValidationError
-
-    modules = {"monitoring.coreos.com/v1": v1, "monitoring.coreos.com/v1alpha1": v1alpha1}
-    model = getattr(modules[obj["apiVersion"]], obj["kind"])
-    try:
-        parsed = model.model_validate(obj)
-    except ValidationError as error:
-        return str(error)
-    round_trip = json.loads(parsed.model_dump_json(by_alias=True, exclude_unset=True))
-    return None if round_trip == obj else f"fields the CRD does not know: {obj} became {round_trip}"
-
-
-def test_custom_resources_pass_the_operators_crd_schemas(objects):
-    checked = set()
-    for obj in objects:
-        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            assert crd_problems(obj) is None, crd_problems(obj)
-            checked.add(obj["kind"])
-    assert checked == {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig", "Probe"}
-
-
-def test_the_crd_check_catches_a_misspelt_field_and_a_bad_duration(objects):
-    monitor = one(objects, "ServiceMonitor", "hvs-api-monitor")
-    misspelt = {**monitor, "spec": {**monitor["spec"], "endpoint": monitor["spec"]["endpoints"]}}
-    assert "the CRD does not know" in crd_problems(misspelt)
-    bad_interval = {**monitor, "spec": {**monitor["spec"], "endpoints": [{"port": "http-api", "interval": "15 s"}]}}
-    assert "interval" in crd_problems(bad_interval)
-
-
 def test_every_object_is_labelled_and_namespaced(objects):
     for obj in objects:
         labels = obj["metadata"].get("labels", {})
         assert labels.get("app.kubernetes.io/part-of") == "hvs-lab", obj["metadata"]["name"]
         assert "app.kubernetes.io/name" in labels
         assert obj["metadata"]["namespace"] in ("default", "monitoring")
+
+
+def workloads_of(obj: dict, objects: list[dict]) -> set[str]:
+    """The Deployments an object belongs to: itself, the pods it selects, scales, mounts or
+    watches (a ServiceMonitor through the Service it selects, a Probe through the Service it
+    probes)."""
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    namespace = obj["metadata"]["namespace"]
+
+    def with_pods(selector: dict, where: str) -> set[str]:
+        return {
+            d["metadata"]["name"]
+            for d in deployments
+            if d["metadata"]["namespace"] == where
+            and selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        }
+
+    kind, spec = obj["kind"], obj.get("spec", {})
+    if kind == "Deployment":
+        return {obj["metadata"]["name"]}
+    if kind == "Service":
+        return with_pods(spec["selector"], namespace)
+    if kind in ("NetworkPolicy", "PodDisruptionBudget"):
+        return with_pods((spec.get("podSelector") or spec.get("selector"))["matchLabels"], namespace)
+    if kind == "HorizontalPodAutoscaler":
+        return {spec["scaleTargetRef"]["name"]}
+    if kind == "ConfigMap":
+        return {
+            d["metadata"]["name"]
+            for d in deployments
+            if d["metadata"]["namespace"] == namespace
+            and any(
+                v.get("configMap", {}).get("name") == obj["metadata"]["name"]
+                for v in d["spec"]["template"]["spec"].get("volumes", [])
+            )
+        }
+    services = [o for o in objects if o["kind"] == "Service"]
+    if kind == "ServiceMonitor":
+        return {
+            w
+            for service in services
+            if spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+            and service["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
+            for w in workloads_of(service, objects)
+        }
+    if kind == "Probe":
+        hosts = " ".join(spec["targets"]["staticConfig"]["static"])
+        return {
+            w
+            for service in services
+            if f"//{service['metadata']['name']}.{service['metadata']['namespace']}.svc:" in hosts
+            for w in workloads_of(service, objects)
+        }
+    return set()
+
+
+def test_each_object_is_named_after_the_workload_it_belongs_to(objects):
+    """app.kubernetes.io/name says which workload an object is part of, so that
+    `kubectl get all,cm -l app.kubernetes.io/name=hvs-api` shows the API and nothing else; an
+    object of no workload (dashboards, alerting) carries no workload's name."""
+    deployments = {o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"}
+    for obj in objects:
+        name = obj["metadata"]["labels"]["app.kubernetes.io/name"]
+        owners = workloads_of(obj, objects)
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        if owners:
+            assert owners == {name}, f"{what} belongs to {owners} but is labelled {name}"
+        else:
+            assert name not in deployments, f"{what} belongs to no workload but is labelled {name}"
+        if obj["kind"] == "Deployment":
+            assert obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == name
 
 
 def test_files_are_named_component_kind():
@@ -304,7 +323,10 @@ def test_api_deployment_is_hardened_and_sized(objects):
     assert api["livenessProbe"]["httpGet"]["path"] == "/health"
     assert api["readinessProbe"]["httpGet"]["path"] == "/ready"
     env = {e["name"]: e for e in api["env"]}
-    assert env["WORKERS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # Written out (the downward API would give the node's CPUs if an overlay dropped the limit),
+    # one worker per CPU of the limit. The image's worker class is left as it is: gevent.
+    assert int(env["WORKERS"]["value"]) == workers_for(api["resources"]["limits"]["cpu"])
+    assert "WORKER_CLASS" not in env
     assert env["FAULT_INJECTION_ENABLED"]["value"] == "false"
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in api["volumeMounts"]}
@@ -321,9 +343,9 @@ def test_autoscaling_disruption_and_network_policy(objects):
     [rule] = policy["ingress"]
     sources = rule["from"]
     assert {"podSelector": {"matchLabels": {"hvs-api-client": "true"}}} in sources
+    # The stack's Prometheus: test_k8s_chart.py checks it against the pods the operator labels.
     assert any(
-        s.get("namespaceSelector") and s["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
-        for s in sources
+        s.get("namespaceSelector") and "operator.prometheus.io/name" in s["podSelector"]["matchLabels"] for s in sources
     )
 
 
@@ -388,22 +410,6 @@ def test_the_probe_is_the_compose_probe_job_through_the_exporters_service(object
     assert spec["targets"]["staticConfig"]["static"] == [f"http://{host}/{path}"]
 
 
-def allows(policy: dict, pod_namespace: str, pod_labels: dict, port: str) -> bool:
-    """Whether an ingress NetworkPolicy lets a pod (its namespace and labels) in on a named port."""
-    for rule in policy["spec"]["ingress"]:
-        if port not in [p["port"] for p in rule.get("ports", [])]:
-            continue
-        for source in rule["from"]:
-            namespaces = source.get("namespaceSelector", {}).get("matchLabels")
-            if namespaces is None and pod_namespace != policy["metadata"]["namespace"]:
-                continue
-            if namespaces and namespaces != {"kubernetes.io/metadata.name": pod_namespace}:
-                continue
-            if source.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items():
-                return True
-    return False
-
-
 def test_network_policies_let_the_exporter_reach_the_api_and_only_prometheus_reach_the_exporter(objects):
     exporter = one(objects, "Deployment", "hvs-blackbox-exporter")
     exporter_pod = (exporter["metadata"]["namespace"], exporter["spec"]["template"]["metadata"]["labels"])
@@ -422,5 +428,7 @@ def test_network_policies_let_the_exporter_reach_the_api_and_only_prometheus_rea
     assert not any(allows(p, "monitoring", {"app": "something-else"}, api_port["targetPort"]) for p in selecting_api)
     own = one(objects, "NetworkPolicy", "hvs-blackbox-exporter")
     assert own["spec"]["podSelector"]["matchLabels"].items() <= exporter_pod[1].items()
-    assert allows(own, "monitoring", {"app.kubernetes.io/name": "prometheus"}, "http")
+    # The stack's Prometheus (test_k8s_chart.py checks the label against the operator's).
+    prometheus = {"operator.prometheus.io/name": "prometheus-kube-prometheus-prometheus"}
+    assert allows(own, "monitoring", prometheus, "http")
     assert not allows(own, "monitoring", {"app": "hvs-alert-receiver"}, "http")
