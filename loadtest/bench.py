@@ -12,8 +12,11 @@ first measurement:
    costs. wrk keeps its connections alive, but a sync worker closes each connection after its
    answer, so against it wrk connects anew for every request: that is how sync serves;
 5. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;
+6. ``predict-sklearn``: the API's ``/predict``, one record and a 100-record batch, with
+   ``INFERENCE_RUNTIME=sklearn``: beside ``predict`` (treelite, for a tree champion), what the
+   runtime buys;
 
-plus the in-process model call (the model's own limit). wrk (one thread, fixed connections)
+plus the in-process model call (the model's own limit), through each runtime. wrk (one thread, fixed connections)
 loads one target at a time, the targets interleaved round by round (A B C A B C ...), and the
 table gives the median of the rounds with their min and max. Server CPU per request comes from
 /proc (master and workers); RSS is per worker. Then the ``/metrics`` scrape is timed, the
@@ -50,6 +53,9 @@ WORKERS = 2
 GEVENT = "gevent"
 GEVENT_TARGET = "predict single"
 SYNC_TARGET = "predict single, sync worker"
+# The rows of the API with scikit-learn computing the probabilities (INFERENCE_RUNTIME=sklearn).
+SKLEARN_SINGLE = "predict single, sklearn runtime"
+SKLEARN_BATCH = "predict batch 100, sklearn runtime"
 
 
 def log(message: str) -> None:
@@ -216,16 +222,19 @@ def run_wrk(wrk: str, target: Target, duration: int, connections: int, timeout: 
 
 
 def in_process_call(model, row, batch, calls: int = 3000) -> dict:
-    """CPU per call of the bare model, as the API makes it (numpy in, predict_proba)."""
+    """CPU and wall time per call of the bare model, as the API makes it (numpy in, through the
+    model's runtime)."""
     results = {}
     for name, x, n in (("single", row, calls), ("batch100", batch, calls // 10)):
         model.hazard_probability(x)
         start_cpu, start = time.process_time(), time.perf_counter()
         for _ in range(n):
             model.hazard_probability(x)
+        wall = time.perf_counter() - start
         results[name] = {
             "cpu_us_per_call": (time.process_time() - start_cpu) / n * 1e6,
-            "calls_per_s": n / (time.perf_counter() - start),
+            "wall_us_per_call": wall / n * 1e6,
+            "calls_per_s": n / wall,
         }
     return results
 
@@ -333,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLRUNS_DIR"] = str(mlruns)
     from hvs_api import data, model, store
 
-    champion = model.load(model.model_uri_from_env({}))
+    champion = model.load(model.model_uri_from_env({}), "auto")
+    champion_sklearn = model.load(model.model_uri_from_env({}), "sklearn")
     record = json.loads((ROOT / "test_payload.json").read_text())
     batch = data.records(100, seed=11)
 
@@ -363,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
             gunicorn,
             ROOT / "api",
             {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m2"), "METRICS_ENABLED": "false"},
+        ),
+        "predict-sklearn": Server(
+            "predict-sklearn",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m6"), "INFERENCE_RUNTIME": "sklearn"},
         ),
         "predict-sync": Server(
             "predict-sync",
@@ -417,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"dataframe_records": [record]}),
         ),
         Target("predict batch 100", servers["predict"], "/predict", json.dumps({"records": batch}), rows=100),
+        Target(SKLEARN_SINGLE, servers["predict-sklearn"], "/predict", json.dumps(record)),
+        Target(SKLEARN_BATCH, servers["predict-sklearn"], "/predict", json.dumps({"records": batch}), rows=100),
     ]
     try:
         for server in servers.values():
@@ -427,16 +445,16 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             run_wrk(wrk, target, 1, args.connections, args.timeout, workdir)
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
-        model_in_server: list[float] = []
+        model_in_server: dict[str, list[float]] = {"predict single": [], SKLEARN_SINGLE: []}
         for round_number in range(1, args.rounds + 1):
             for target in targets:
                 # The model call as the server makes it, timed by the API itself (outside
                 # run_wrk, so these two scrapes do not count in the server's CPU).
-                before = inference_totals(target.server) if target.name == "predict single" else None
+                before = inference_totals(target.server) if target.name in model_in_server else None
                 result = run_wrk(wrk, target, args.duration, args.connections, args.timeout, workdir)
                 if before is not None:
                     after = inference_totals(target.server)
-                    model_in_server.append((after[0] - before[0]) / (after[1] - before[1]) * 1e6)
+                    model_in_server[target.name].append((after[0] - before[0]) / (after[1] - before[1]) * 1e6)
                 runs[target.name].append(result)
                 log(f"round {round_number}: {target.name:30s} {result['rps']:9.1f} req/s")
         import numpy as np
@@ -444,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         x_one = np.array([[record[name] for name in data.FEATURE_NAMES]])
         x_batch = np.array([[r[name] for name in data.FEATURE_NAMES] for r in batch])
         model_call = in_process_call(champion, x_one, x_batch)
+        model_call_sklearn = in_process_call(champion_sklearn, x_one, x_batch)
         rss = {name: [round(rss_mib(pid), 1) for pid in server.workers()] for name, server in servers.items()}
 
         predict = servers["predict"]
@@ -473,13 +492,21 @@ def main(argv: list[str] | None = None) -> int:
     rps = {name: row["rps"]["median"] for name, row in table.items()}
     cpu = {name: row["cpu_us_per_request"]["median"] for name, row in table.items()}
     overhead = cpu["predict single"] - model_call["single"]["cpu_us_per_call"]
+    in_server = {name: statistics.median(values) for name, values in model_in_server.items()}
     checks = [
         (
             "/predict single vs mlflow models serve (throughput)",
             rps["predict single"] / rps["mlflow models serve single"],
             ">=",
-            5.0,
+            12.0,
         ),
+        (
+            "model call in the server vs in-process, 1 row (wall time both)",
+            in_server["predict single"] / model_call["single"]["wall_us_per_call"],
+            "<=",
+            1.5,
+        ),
+        ("batch 100 rows/s, this runtime vs sklearn", rps["predict batch 100"] / rps[SKLEARN_BATCH], ">=", 0.95),
         ("own CPU overhead per request vs bare hello", overhead / cpu["hello"], "<=", 1.5),
         (
             "metrics on vs off (throughput lost)",
@@ -513,15 +540,19 @@ def main(argv: list[str] | None = None) -> int:
             "workers": WORKERS,
             "worker_class": GEVENT,
             "model": champion.estimator.__class__.__name__,
+            "runtime": champion.runtime.name,
         },
         "targets": table,
         "model_call": model_call,
-        # A diagnostic beside the goal: wall time of the model call inside the predict
-        # server under the single-record load, as its own histogram recorded it.
+        "model_call_sklearn": model_call_sklearn,
+        # Wall time of the model call inside the predict servers under the single-record load,
+        # as their own histogram recorded it.
         "model_call_in_server": {
-            "us_per_call": summary(model_in_server),
-            "own_overhead_vs_hello": (cpu["predict single"] - statistics.median(model_in_server)) / cpu["hello"],
+            "us_per_call": summary(model_in_server["predict single"]),
+            "sklearn_us_per_call": summary(model_in_server[SKLEARN_SINGLE]),
+            "own_overhead_vs_hello": (cpu["predict single"] - in_server["predict single"]) / cpu["hello"],
         },
+        "runtime": runtime_cost(table, model_call, model_call_sklearn),
         "worker_rss_mib": rss,
         "scrape": {
             "before_ms": scrape_before,
@@ -551,6 +582,29 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.md").write_text(markdown)
     print(markdown)
     return 0
+
+
+def runtime_cost(table: dict, call: dict, call_sklearn: dict) -> dict:
+    """The served runtime against scikit-learn on the same loads (above 1: the served one's
+    figure is higher)."""
+    this, sklearn = table[GEVENT_TARGET], table[SKLEARN_SINGLE]
+    return {
+        "single_rps_ratio": this["rps"]["median"] / sklearn["rps"]["median"],
+        "single_cpu_per_request_ratio": this["cpu_us_per_request"]["median"] / sklearn["cpu_us_per_request"]["median"],
+        "batch_rps_ratio": table["predict batch 100"]["rps"]["median"] / table[SKLEARN_BATCH]["rps"]["median"],
+        "call_single_cpu_ratio": call["single"]["cpu_us_per_call"] / call_sklearn["single"]["cpu_us_per_call"],
+        "call_batch_cpu_ratio": call["batch100"]["cpu_us_per_call"] / call_sklearn["batch100"]["cpu_us_per_call"],
+    }
+
+
+def runtime_line(runtime: str, cost: dict) -> str:
+    return (
+        f"{runtime} vs sklearn runtime (`predict single` and `predict batch 100` against the same server with "
+        f"`INFERENCE_RUNTIME=sklearn`): single-record throughput {cost['single_rps_ratio']:.2f}x, server CPU per "
+        f"request {cost['single_cpu_per_request_ratio']:.2f}x, batch-100 throughput {cost['batch_rps_ratio']:.2f}x; "
+        f"the in-process model call's CPU {cost['call_single_cpu_ratio']:.2f}x for 1 row and "
+        f"{cost['call_batch_cpu_ratio']:.2f}x for 100 rows."
+    )
 
 
 def worker_class_cost(table: dict) -> dict:
@@ -608,19 +662,25 @@ def render(results: dict) -> str:
             f"{row['p50_ms']['median']:.2f} | {row['p99_ms']['median']:.2f} | {cpu:,.0f} |"
         )
     call, in_server = results["model_call"], results["model_call_in_server"]
+    for label, figures in ((s["runtime"], call), ("sklearn", results["model_call_sklearn"])):
+        lines += [
+            f"| in-process model call, 1 row, {label} | {figures['single']['calls_per_s']:,.0f} calls/s | | | | "
+            f"{figures['single']['cpu_us_per_call']:,.1f} |",
+            f"| in-process model call, 100 rows, {label} | {figures['batch100']['calls_per_s']:,.0f} calls/s | "
+            f"{figures['batch100']['calls_per_s'] * 100:,.0f} | | | {figures['batch100']['cpu_us_per_call']:,.0f} |",
+        ]
     lines += [
-        f"| in-process model call, 1 row | {call['single']['calls_per_s']:,.0f} calls/s | | | | "
-        f"{call['single']['cpu_us_per_call']:,.0f} |",
-        f"| in-process model call, 100 rows | {call['batch100']['calls_per_s']:,.0f} calls/s | "
-        f"{call['batch100']['calls_per_s'] * 100:,.0f} | | | {call['batch100']['cpu_us_per_call']:,.0f} |",
+        "",
+        runtime_line(s["runtime"], results["runtime"]),
         "",
         worker_class_line(results["worker_class"]),
         "",
-        "The model call inside the predict server, as its own `hvs_model_inference_duration_seconds` "
-        f"histogram timed it under the single-record load: {in_server['us_per_call']['median']:,.0f} µs "
-        f"(wall time), against {call['single']['cpu_us_per_call']:,.0f} µs of CPU in a tight loop in the benchmark's "
-        f"process. Counting that figure instead, own overhead per request is "
-        f"{in_server['own_overhead_vs_hello']:.2f} times the bare endpoint's CPU (a diagnostic, "
+        "The model call inside the predict servers, as their own `hvs_model_inference_duration_seconds` "
+        f"histogram timed it under the single-record load: {in_server['us_per_call']['median']:,.1f} µs "
+        f"({s['runtime']}) and {in_server['sklearn_us_per_call']['median']:,.1f} µs (sklearn), wall time, against "
+        f"{call['single']['wall_us_per_call']:,.1f} µs of wall time and {call['single']['cpu_us_per_call']:,.1f} µs "
+        "of CPU in a tight loop in the benchmark's process. Counting the in-server figure instead, own overhead "
+        f"per request is {in_server['own_overhead_vs_hello']:.2f} times the bare endpoint's CPU (a diagnostic, "
         "not the goal's definition).",
         "",
         "Worker RSS (MiB): "

@@ -49,12 +49,14 @@ def _config_from_env(env: dict) -> dict:
     if "FAULT_INJECTION_ENABLED" in env:
         config["FAULT_INJECTION_ENABLED"] = _flag(env["FAULT_INJECTION_ENABLED"])
     config["MODEL_URI"] = model_loading.model_uri_from_env(env)
+    # Refused at start rather than at the first load: a typo must not silently mean "auto".
+    config["INFERENCE_RUNTIME"] = model_loading.runtime_setting(env)
     return config
 
 
-def _load_model(uri: str) -> ModelState:
+def _load_model(uri: str, setting: str) -> ModelState:
     try:
-        loaded = model_loading.load(uri)
+        loaded = model_loading.load(uri, setting)
     except model_loading.ModelUnavailable as exc:
         log.error("no model loaded, /predict answers 503 and /ready is not ready: %s", exc)
         return ModelState(None, str(exc))
@@ -136,10 +138,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     if "MODEL" in app.config:
         state = ModelState(app.config["MODEL"], "" if app.config["MODEL"] else "no model given")
     else:
-        state = _load_model(app.config["MODEL_URI"])
+        state = _load_model(app.config["MODEL_URI"], app.config["INFERENCE_RUNTIME"])
     app.extensions["hvs_model"] = state
     app.extensions["hvs_metrics"] = metrics
     app.extensions["hvs_watcher"] = ModelWatcher(
-        state, metrics, app.config["MODEL_URI"], 0.0 if "MODEL" in app.config else app.config["MODEL_RELOAD_SECONDS"]
+        state,
+        metrics,
+        app.config["MODEL_URI"],
+        0.0 if "MODEL" in app.config else app.config["MODEL_RELOAD_SECONDS"],
+        app.config["INFERENCE_RUNTIME"],
     )
     return app

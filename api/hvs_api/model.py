@@ -6,15 +6,19 @@ The model is looked up in this order:
 2. ``BEST_MLFLOW_RUN_ID``: the model logged by that training run (``runs:/<id>/model``);
 3. ``models:/hvs-hazard-classifier@champion``: the registered champion.
 
-Serving calls the scikit-learn estimator directly with a numpy array: MLflow's pyfunc
-wrapper would build a DataFrame per request and cost about three times the model call.
+Serving calls the model directly with a numpy array: MLflow's pyfunc wrapper would build a
+DataFrame per request and cost about three times the model call. A tree ensemble is served
+through treelite when it answers exactly as the estimator does (``hvs_api.runtime``);
+``INFERENCE_RUNTIME=sklearn`` keeps scikit-learn for every model.
 """
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from hvs_api import runtime as runtimes
 from hvs_api import store
 from hvs_api.features import FEATURE_NAMES
 from hvs_api.store import BASELINE_METRIC, CHAMPION_ALIAS, MODEL_NAME
@@ -39,10 +43,12 @@ class LoadedModel:
     run_id: str
     # Hazardous share of the training data, the baseline for the drift alert (None if unknown).
     training_hazardous_share: float | None
+    # What computes the probabilities: treelite or the estimator itself (hvs_api.runtime).
+    runtime: runtimes.Runtime
 
     def hazard_probability(self, x: np.ndarray) -> np.ndarray:
         """Probability of the Hazardous class for each row of ``x`` (columns in ``FEATURE_NAMES`` order)."""
-        return self.estimator.predict_proba(x)[:, 1]
+        return self.runtime.predict(x)
 
     def describe(self) -> dict:
         """JSON-ready identity of the model, as ``/health`` and ``/ready`` show it."""
@@ -52,6 +58,8 @@ class LoadedModel:
             "run_id": self.run_id,
             "uri": self.uri,
             "training_hazardous_share": self.training_hazardous_share,
+            "runtime": self.runtime.name,
+            "runtime_fallback_reason": self.runtime.fallback_reason,
         }
 
 
@@ -80,8 +88,19 @@ def _registry_identity(client, uri: str, run_id: str) -> tuple[str, str]:
     return MODEL_NAME, "unregistered"
 
 
-def load(uri: str) -> LoadedModel:
-    """Load the model at ``uri`` and its registry metadata, or raise ``ModelUnavailable``."""
+def runtime_setting(env: dict) -> str:
+    """INFERENCE_RUNTIME: "auto" (treelite where proven identical) or "sklearn"."""
+    setting = env.get("INFERENCE_RUNTIME", "auto").strip().lower() or "auto"
+    if setting not in runtimes.SETTINGS:
+        raise ValueError(f"INFERENCE_RUNTIME must be one of {', '.join(runtimes.SETTINGS)}, not {setting!r}")
+    return setting
+
+
+def load(uri: str, setting: str | None = None) -> LoadedModel:
+    """Load the model at ``uri`` and its registry metadata, or raise ``ModelUnavailable``.
+
+    ``setting`` is INFERENCE_RUNTIME's value (read from the environment when None).
+    """
     import mlflow
     import mlflow.sklearn
 
@@ -105,4 +124,7 @@ def load(uri: str) -> LoadedModel:
             f"model {uri!r} is not a classifier over the {len(FEATURE_NAMES)} features {', '.join(FEATURE_NAMES)} "
             f"(it takes {n_features} inputs). {TRAIN_HINT}"
         )
-    return LoadedModel(estimator, uri, name, str(version), run_id, baseline)
+    # Every worker and every reload pays for the choice (treelite's build and its check): logged.
+    chosen = runtimes.choose(estimator, setting or runtime_setting(dict(os.environ)))
+    log.info("model %s version %s: %s", name, version, runtimes.describe(chosen))
+    return LoadedModel(estimator, uri, name, str(version), run_id, baseline, chosen)

@@ -34,11 +34,13 @@ def alias_of(uri: str) -> tuple[str, str] | None:
 class ModelWatcher:
     """Keeps one process's served model in step with the registry."""
 
-    def __init__(self, state: ModelState, metrics: ApiMetrics, uri: str, interval: float):
+    def __init__(self, state: ModelState, metrics: ApiMetrics, uri: str, interval: float, setting: str = "auto"):
         self.state = state
         self.metrics = metrics
         self.uri = uri
         self.interval = interval
+        # INFERENCE_RUNTIME: a reloaded model gets its runtime chosen as the first one did.
+        self.setting = setting
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -75,7 +77,7 @@ class ModelWatcher:
                 version = store.client().get_model_version_by_alias(*alias).version
                 if str(version) == current.version:
                     return False
-            loaded = model_loading.load(self.uri)
+            loaded = model_loading.load(self.uri, self.setting)
         except Exception as exc:  # The current model keeps serving; the next check tries again.
             log.warning("model check failed, still serving %s: %s", current and current.version, exc)
             return False

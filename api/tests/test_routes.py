@@ -4,6 +4,7 @@ import string
 
 import pytest
 
+from hvs_api import runtime
 from hvs_api.features import FEATURE_NAMES
 from hvs_api.schema import INVALID_REASONS
 from tests.support import metric_value, samples
@@ -164,7 +165,8 @@ def test_errors_never_leak_a_stack_trace(champion, make_app, payloads):
         def predict_proba(self, x):
             raise RuntimeError("secret internals")
 
-    broken = dataclasses.replace(champion, estimator=Exploding())
+    exploding = Exploding()
+    broken = dataclasses.replace(champion, estimator=exploding, runtime=runtime.sklearn_runtime(exploding))
     client = make_app({"TESTING": False, "MODEL": broken}).test_client()
     response = client.post("/predict", json=payloads["Normal"])
     assert response.status_code == 500
