@@ -3,7 +3,6 @@
 Kubernetes Deployment runs it, and the modules the Compose services run found in their images."""
 
 import json
-import math
 import shutil
 import subprocess
 import uuid
@@ -13,6 +12,7 @@ import yaml
 
 from tests.container.compose import ComposeLab, failure
 from tests.container.engine import docker
+from tests.kube import cpus
 from tests.support import DOCKERFILE, HAZARDOUS, NORMAL, ROOT, answers_200, free_port, http, run_id_of, wait_for
 
 IMAGE = "hvs-prediction-api:test"
@@ -90,11 +90,6 @@ def test_the_designs_docker_run_serves_a_run_id_from_a_host_trained_store(
     assert model["run_id"] == run_id and model["uri"] == f"runs:/{run_id}/model", model
 
 
-def cpus(quantity: str) -> float:
-    """A Kubernetes CPU quantity (``2``, ``500m``) in CPUs."""
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
 def docker_size(quantity: str) -> str:
     """A Kubernetes memory quantity (``512Mi``, ``1Gi``) as Docker writes it."""
     return quantity.replace("Mi", "m").replace("Gi", "g")
@@ -162,11 +157,9 @@ def test_the_image_runs_as_the_kubernetes_pod_runs_it(image, run_container, pod_
         check=False,
     )  # fmt: skip
     assert copy.returncode == 0, failure(copy, f"the init container's {init['command']}")
-    env = {e["name"]: e["value"] for e in api["env"] if "value" in e}
-    [workers] = [e["valueFrom"]["resourceFieldRef"] for e in api["env"] if e["name"] == "WORKERS"]
-    assert (workers["resource"], workers["divisor"]) == ("limits.cpu", "1")
-    # A resourceFieldRef with divisor 1 rounds the limit up to whole CPUs.
-    env["WORKERS"] = str(math.ceil(cpus(api["resources"]["limits"]["cpu"])))
+    # Every variable as the pod sets it: WORKERS is written out beside the CPU limit (test_k8s
+    # checks that they agree), so the container runs the pod's worker count.
+    env = {e["name"]: e["value"] for e in api["env"]}
     [port] = [p["containerPort"] for p in api["ports"]]
     host_port = free_port()
     name = run_container(
