@@ -125,23 +125,53 @@ def reference_batch(estimator) -> np.ndarray:
 
 
 def _treelite_predictor(estimator, rounds_to_float32: bool) -> Callable[[np.ndarray], np.ndarray]:
-    import treelite.gtil
+    import ctypes
+
     import treelite.sklearn
+    from treelite.core import _LIB, _check_call
+    from treelite.gtil.gtil import GTILConfig
 
     model = treelite.sklearn.import_model(estimator)
+    if (model.input_type, model.output_type) != ("float64", "float64"):
+        raise TypeError(f"treelite model of {model.input_type} in, {model.output_type} out; float64 expected")
+    # treelite.gtil.predict builds a configuration, asks the model its types and its output
+    # shape, and validates its arguments on every call: more than half of a one-record call,
+    # and the part that suffers most from caches the HTTP stack has cooled. Done once here; each
+    # call then makes treelite's documented C call, TreeliteGTILPredict. One thread: the API's
+    # concurrency is its workers, not the model call. The check in choose() proves this path.
+    config = GTILConfig(nthread=1, predict_type="default")
+    shape, dimensions = ctypes.POINTER(ctypes.c_uint64)(), ctypes.c_uint64()
+    _check_call(
+        _LIB.TreeliteGTILGetOutputShape(
+            model.handle, ctypes.c_uint64(1), config.handle, ctypes.byref(shape), ctypes.byref(dimensions)
+        )
+    )
+    per_row = tuple(int(n) for n in np.ctypeslib.as_array(shape, shape=(dimensions.value,))[1:])
+    doubles, input_type = ctypes.POINTER(ctypes.c_double), ctypes.c_char_p(b"float64")
 
     def predict(x: np.ndarray) -> np.ndarray:
         if rounds_to_float32:
             # As scikit-learn's trees see the input: rounded to float32, compared in float64.
-            x = np.asarray(x, dtype=np.float32).astype(np.float64)
+            x = np.ascontiguousarray(np.asarray(x, dtype=np.float32), dtype=np.float64)
         else:
-            x = np.asarray(x, dtype=np.float64)
-        # (rows, targets, classes): the last class column is the Hazardous probability for a
-        # forest's two columns and a boosted model's single (already sigmoid) column alike.
-        # One thread: the API's concurrency is its workers, not the model call.
-        return treelite.gtil.predict(model, x, nthread=1)[:, 0, -1]
+            x = np.ascontiguousarray(x, dtype=np.float64)
+        # (rows, targets, classes), zeroed as treelite's own wrapper gives it: the last class
+        # column is the Hazardous probability for a forest's two columns and a boosted model's
+        # single (already sigmoid) column alike.
+        out = np.zeros((len(x), *per_row))
+        _check_call(
+            _LIB.TreeliteGTILPredict(
+                model.handle,
+                x.ctypes.data_as(doubles),
+                input_type,
+                ctypes.c_uint64(len(x)),
+                out.ctypes.data_as(doubles),
+                config.handle,
+            )
+        )
+        return out[:, 0, -1]
 
-    return predict
+    return predict  # its closure keeps the model and the configuration their handles belong to
 
 
 def choose(estimator, setting: str = "auto") -> Runtime:
