@@ -111,20 +111,28 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
     started = time.perf_counter()
     server.metrics()
     scrape_before = time.perf_counter() - started
-    # Two clients at once keep both workers busy: one client's sequential requests may all
-    # be accepted by the same worker, leaving the other one never recycled.
+    # Two clients at once, in rounds of 25 requests each, until every first worker has been
+    # recycled (at most 3,000 requests or 90 s). Which worker accepts a connection is the
+    # kernel's and gevent's choice: a gevent worker accepts greedily, so a fixed number of
+    # requests could leave one worker with fewer than MAX_REQUESTS (it happened, once the
+    # model call got faster).
     statuses: list[int] = []
+    deadline = time.monotonic() + 90
+
+    def first_workers_remain() -> bool:
+        return not first_workers.isdisjoint(server.worker_pids())
 
     def client():
-        statuses.extend(http("POST", server.url + "/predict", NORMAL)[0] for _ in range(300))
+        while first_workers_remain() and len(statuses) < 3_000 and time.monotonic() < deadline:
+            statuses.extend(http("POST", server.url + "/predict", NORMAL)[0] for _ in range(25))
 
     clients = [threading.Thread(target=client) for _ in range(2)]
     for thread in clients:
         thread.start()
     for thread in clients:
         thread.join(timeout=120)
-    assert statuses == [200] * 600
-    assert first_workers.isdisjoint(server.worker_pids()), "a first worker was never recycled"
+    assert statuses and statuses == [200] * len(statuses)
+    assert not first_workers_remain(), f"a first worker was never recycled in {len(statuses)} requests"
 
     def only_live_files():
         # A worker that has just served its last request is folded once the master reaps it.
@@ -136,8 +144,8 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
     started = time.perf_counter()
     text = server.metrics()
     scrape_after = time.perf_counter() - started
-    assert predict_ok(text) == 600
-    assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == 600
+    assert predict_ok(text) == len(statuses)
+    assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == len(statuses)
     # gunicorn logs each worker it boots: the first ones, then one per recycled worker.
     recycled = server.log().count("Booting worker with pid") - len(first_workers)
     figures["worker_recycling"] = {
