@@ -140,18 +140,14 @@ def unknown_keys(values: dict, defaults: dict, path: str = "") -> list[str]:
 
 def stack_values(*files: Path) -> dict:
     """kube-prometheus-stack's values after `helm install -f file...`, with each subchart's
-    section merged over that subchart's own defaults."""
+    section merged over that subchart's own defaults; with no file, every key a values file
+    may set."""
     values = chart_defaults(STACK_CHART)
     for path in files:
         values = merged(values, yaml.safe_load(path.read_text()))
     for sub in SUBCHARTS:
         values = {**values, sub: merged(chart_defaults(sub), values.get(sub) or {})}
     return values
-
-
-def stack_defaults_with_subcharts() -> dict:
-    """The tree of keys a kube-prometheus-stack values file may set."""
-    return stack_values()
 
 
 # --- Names and selectors, as the chart's templates and the operator make them ----------------
@@ -179,11 +175,6 @@ def prometheus_name(release: str, values: dict) -> str:
     """The Prometheus object's name (kube-prometheus-stack.prometheus.crname)."""
     base = fullname(release, values)
     return base if values.get("cleanPrometheusOperatorObjectNames") else f"{base}-prometheus"
-
-
-def alertmanager_name(release: str, values: dict) -> str:
-    base = fullname(release, values)
-    return base if values.get("cleanPrometheusOperatorObjectNames") else f"{base}-alertmanager"
 
 
 def prometheus_pod_labels(release: str, values: dict) -> dict[str, str]:

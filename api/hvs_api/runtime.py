@@ -13,7 +13,6 @@ The estimator stays the source of truth: the treelite model is built from it in 
 time the model is loaded, and nothing new is stored or registered.
 """
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ import numpy as np
 
 from hvs_api import data
 from hvs_api.features import FEATURES
-
-log = logging.getLogger(__name__)
 
 RUNTIMES = ("treelite", "sklearn")
 # Why scikit-learn serves a model (a fixed set: they are label values).
