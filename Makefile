@@ -46,7 +46,7 @@ $(VENV_STAMP): api/requirements.txt requirements-dev.txt pyproject.toml
 .PHONY: venv  ## create .venv with the pinned runtime and test dependencies
 venv: $(VENV_STAMP)
 
-.PHONY: system-deps  ## install promtool, amtool, the blackbox exporter and the container stage's engine and browser from Debian (as root)
+.PHONY: system-deps  ## install Prometheus 3.5, Alertmanager 0.33 and the blackbox exporter (Debian sid), the container engine and browser (as root)
 system-deps:
 	tests/system-deps.sh
 

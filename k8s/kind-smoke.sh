@@ -151,6 +151,17 @@ sys.exit(1 if missing or not expected else 0)'
 until_true 180 "Prometheus has loaded every hvs-api-* rule group of the PrometheusRule" \
   rule_groups_loaded
 
+# The stack runs the versions the lab was tested on (k8s/helm-values.yaml pins them), not the
+# chart's newest.
+prometheus_runs_the_pinned_version() {
+  kubectl get --raw "$PROMETHEUS/api/v1/status/buildinfo" | WANTED=${PROMETHEUS_VERSION#v} python3 -c '
+import json, os, sys
+found = json.load(sys.stdin)["data"]["version"]
+print(f"   Prometheus {found}")
+sys.exit(0 if found.split("+")[0] == os.environ["WANTED"] else 1)'
+}
+until_true 60 "Prometheus runs $PROMETHEUS_VERSION" prometheus_runs_the_pinned_version
+
 # The titles of the lab's dashboards as applied, one per line (the chart's own dashboards carry
 # the same grafana_dashboard label, hence part-of). As many as the generated file holds, so
 # that a changed label cannot leave the check with nothing to look for.

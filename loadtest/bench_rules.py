@@ -542,7 +542,7 @@ def promtool_backfill(source: Path, data: Path) -> subprocess.Popen:
             "tsdb",
             "create-blocks-from",
             "openmetrics",
-            # A hidden flag in promtool 2.42: blocks of the largest range Prometheus compacts to.
+            # A hidden flag of promtool (2.42 to 3.5): blocks of the largest range Prometheus compacts to.
             f"--max-block-duration={BLOCK_SECONDS}s",
             "--quiet",
             str(source),

@@ -342,6 +342,12 @@ def crd_problems(obj: dict) -> str | None:
 
 def as_custom_resource(kind: str, spec_values: dict) -> dict:
     """The Prometheus or Alertmanager object the chart makes of `prometheusSpec` or
-    `alertmanagerSpec` values: the same keys, but storageSpec becomes storage."""
+    `alertmanagerSpec` values: the same keys, but storageSpec becomes storage, the image's
+    registry, repository and tag one string, and the version the tag unless set apart
+    (templates/prometheus/prometheus.yaml and templates/alertmanager/alertmanager.yaml)."""
     spec = {("storage" if key == "storageSpec" else key): value for key, value in spec_values.items()}
+    if isinstance(spec.get("image"), dict):
+        image = spec.pop("image")
+        spec["image"] = f"{image['registry']}/{image['repository']}:{image['tag']}"
+        spec["version"] = spec.get("version") or image["tag"]
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}

@@ -171,7 +171,7 @@ HEALTH_PATHS = {
     "mlflow": {"/health"},
     "prometheus": {"/-/ready", "/-/healthy"},
     "alertmanager": {"/-/ready", "/-/healthy"},
-    # blackbox_exporter 0.23 has no /-/ready (it answers its index page there).
+    # blackbox_exporter has no /-/ready (0.28 still answers its index page there).
     "blackbox-exporter": {"/-/healthy"},
     "grafana": {"/api/health"},
     "cadvisor": {"/healthz"},

@@ -4,7 +4,8 @@ The stage uses an engine that answers, or starts Debian's ``dockerd`` for the se
 can (root), and stops it afterwards. Every image the lab's files name but do not build (the
 Python base, Prometheus, Alertmanager, the blackbox exporter) is used as it is when present,
 pulled when a registry answers, and otherwise built as a *stand-in* from Debian's packages of
-the same version.
+the same version: Python from bookworm, the monitoring programs from the sid packages that
+``make system-deps`` fetched (bookworm's own are releases out of support).
 Grafana and cAdvisor have no Debian package, so the stage never starts them.
 """
 
@@ -37,6 +38,14 @@ RECIPES = {
     "prom/prometheus": ("prometheus.Dockerfile", ["--version"]),
     "prom/alertmanager": ("alertmanager.Dockerfile", ["--version"]),
     "prom/blackbox-exporter": ("blackbox-exporter.Dockerfile", ["--version"]),
+}
+# Where tests/system-deps.sh keeps the sid .deb files it installed, and which of them each
+# monitoring stand-in unpacks (the Python stand-in takes bookworm's packages with apt).
+DEB_CACHE = Path(os.environ.get("DEB_CACHE", "/var/cache/hvs-lab/debs"))
+DEBS = {
+    "prom/prometheus": ("prometheus", "promtool"),
+    "prom/alertmanager": ("prometheus-alertmanager",),
+    "prom/blackbox-exporter": ("prometheus-blackbox-exporter",),
 }
 
 
@@ -143,7 +152,7 @@ def ensure_image(tag: str, cache: Path) -> ImageOrigin:
         if docker("pull", "--quiet", tag, check=False, timeout=600).returncode == 0:
             return ImageOrigin(tag, "pulled")
         build_standin(tag, cache)
-    return ImageOrigin(tag, "stand-in", f"Debian bookworm's package, version {standin_version(tag)}")
+    return ImageOrigin(tag, "stand-in", f"{standin_label(tag)}, version {standin_version(tag)}")
 
 
 def standin_version(tag: str) -> str:
@@ -157,23 +166,46 @@ def build_standin(tag: str, cache: Path) -> None:
     """Build ``tag`` from its recipe in standins/ and check that it has the tag's version."""
     repository, _, version = tag.rpartition(":")
     recipe, _ = RECIPES[repository]
+    wanted = re.match(r"v?(\d+\.\d+(?:\.\d+)?)", version).group(1)
     ensure_minbase(cache)
     with tempfile.TemporaryDirectory() as context:
         shutil.copy(STANDINS / recipe, Path(context) / "Dockerfile")
         # The recipe copies this machine's CA bundle in, after apt (see python.Dockerfile).
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", context)
+        origin = "Debian bookworm's packages"
+        if repository in DEBS:
+            (Path(context) / "debs").mkdir()
+            for deb in debs_of(repository, wanted):
+                shutil.copy(deb, Path(context) / "debs")
+            origin = "Debian sid's packages"
         docker(
             "build", "--quiet", "--build-arg", f"BASE={MINBASE}",
-            "--label", f"{STANDIN_LABEL}=built from Debian bookworm's packages", "--tag", tag, context,
+            "--label", f"{STANDIN_LABEL}=built from {origin}", "--tag", tag, context,
             timeout=900,
         )  # fmt: skip
-    wanted = re.match(r"v?(\d+\.\d+(?:\.\d+)?)", version).group(1)
     # Debian's Python 3.11 stands in for any 3.11 release; the others must match exactly.
     wanted = ".".join(wanted.split(".")[:2]) if repository == "python" else wanted
     found = standin_version(tag)
     if not (found == wanted or found.startswith(wanted + ".")):
         docker("image", "rm", tag, check=False)
         raise RuntimeError(f"Debian's package for the {tag} stand-in has version {found}, not {wanted}")
+
+
+def debs_of(repository: str, version: str) -> list[Path]:
+    """The cached .deb files of a monitoring stand-in, of the upstream ``version`` its tag names."""
+    found = []
+    for package in DEBS[repository]:
+        # Debian versions read 3.5.3+ds1-6 or 0.33.1-5: the upstream release, then + or -.
+        matches = [
+            p
+            for p in DEB_CACHE.glob(f"{package}_{version}*.deb")
+            if re.match(r"[+-]", p.name[len(package) + len(version) + 1 :])
+        ]
+        if len(matches) != 1:
+            wanted = f"{package} {version}"
+            raise RuntimeError(f"no .deb of {wanted} in {DEB_CACHE} for {repository}: run `make system-deps` as root")
+        found += matches
+    return found
 
 
 def ensure_minbase(cache: Path) -> None:
