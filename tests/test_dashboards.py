@@ -1,6 +1,8 @@
 """Grafana dashboards checked as data, since no Grafana server runs here: their structure
-against Grafana's typed schema (the foundation SDK pinned to the lab's Grafana 10.1), their
-variables and datasources, the recorded series and thresholds they read. Their queries run in
+against Grafana's typed schema (the foundation SDK's build for Grafana "next", the newest, as the
+lab runs Grafana 13.2, newer than any per-release build), that Grafana 13.2 would not rewrite them
+on load (schema and panel migrations) and loads no removed panel, their variables and
+datasources, the recorded series and thresholds they read. Their queries run in
 tests/integration/test_lab.py."""
 
 import json
@@ -10,6 +12,7 @@ import textwrap
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog import runtime as cogruntime
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
@@ -17,14 +20,57 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from tests.kube import fullname, grafana_fullname, release_and_namespace, stack_values
 from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, substitute_variables
 
+
+class AlertGroupsOptions:
+    """The alert list's options, as Grafana 13's public/app/plugins/panel/alertGroups/panelcfg.cue
+    declares them. The SDK's builds up to 11.6 modelled them; its "next" build has no alertGroups
+    model, so without this the round trip would pass the panel's options through unchecked."""
+
+    def __init__(self, labels: str = "", alertmanager: str = "", expand_all: bool = False) -> None:
+        self.labels, self.alertmanager, self.expand_all = labels, alertmanager, expand_all
+
+    def to_json(self) -> dict:
+        return {"labels": self.labels, "alertmanager": self.alertmanager, "expandAll": self.expand_all}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AlertGroupsOptions":
+        fields = {"labels": "labels", "alertmanager": "alertmanager", "expandAll": "expand_all"}
+        return cls(**{fields[key]: value for key, value in data.items() if key in fields})
+
+
 register_default_plugins()
+cogruntime.register_panelcfg_variant(
+    cogruntime.PanelCfgConfig(identifier="alertGroups", options_from_json_hook=AlertGroupsOptions.from_json)
+)
+# The dashboard schema version Grafana writes when it saves a dashboard (the newest version of
+# its migrator: apps/dashboard/pkg/migration/schemaversion/migrations.go LATEST_VERSION, and the
+# frontend's DASHBOARD_SCHEMA_VERSION in public/app/features/dashboard/state/DashboardMigrator.ts).
+# Grafana 12.3 to 13.0 write 42. Grafana's main branch has since added V43 (formatTime
+# transformations become convertFieldType); whether 13.2.0 has it could not be read here. 42 is
+# the safe side: a version below Grafana's newest is migrated on load (V43 changes nothing these
+# dashboards hold), while one above it fails the backend's migration.
+SCHEMA_VERSION = 42
+# Panel types Grafana no longer draws: Angular support is gone since Grafana 12, and these are the
+# types it recognises only to migrate them, on load, to the type given (autoMigrateAngular and
+# autoMigrateRemovedPanelPlugins in public/app/features/dashboard/state/PanelModel.ts; the backend
+# migrator's AngularPanelMigrations in apps/dashboard/pkg/migration holds the same).
+REMOVED_PANEL_TYPES = {
+    "graph": "timeseries",
+    "singlestat": "stat",
+    "grafana-singlestat-panel": "stat",
+    "table-old": "table",
+    "grafana-piechart-panel": "piechart",
+    "grafana-worldmap-panel": "geomap",
+    "natel-discrete-panel": "state-timeline",
+    "heatmap-new": "heatmap",
+}
 PROVISIONED = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())["datasources"]
 HELM_VALUES = yaml.safe_load((ROOT / "k8s/helm-values.yaml").read_text())
 PROMETHEUS_DS = {"type": "prometheus", "uid": "${datasource}"}
 # Panels that query nothing: rows, and the alert list, which reads Alertmanager's API itself.
 NO_QUERIES = {"row", "alertGroups"}
-# Grafana's Prometheus datasource reads these from an annotation query; the 10.1 typed schema
-# models only its `expr`, so the round trip drops them, and only them.
+# Grafana's Prometheus datasource reads these from an annotation query; the typed schema models
+# only its `expr`, so the round trip drops them, and only them.
 PROMETHEUS_ANNOTATION_FIELDS = {"step", "titleFormat", "textFormat", "tagKeys", "useValueForTime"}
 USERS_QUERIES = (
     'sum(rate(flask_http_request_total{job="hvs-api", endpoint="/predict"}[1m]))',
@@ -108,6 +154,117 @@ def test_round_trip_allows_annotation_fields_only_on_prometheus_annotations():
     assert schema_losses(original) == ["/annotations/list[0]/titleFormat: dropped"]
 
 
+def all_panels(panels: list[dict]) -> list[dict]:
+    """Every panel, the ones a collapsed row holds too."""
+    return [q for p in panels for q in [p, *all_panels(p.get("panels", []))]]
+
+
+def test_round_trip_check_catches_a_misspelt_alert_list_option():
+    """The alert list's options are typed too (by AlertGroupsOptions, above), not passed through."""
+    original = load(ROOT / "grafana/dashboards/hvs-alerts.json")
+    [index] = [i for i, p in enumerate(original["panels"]) if p["type"] == "alertGroups"]
+    original["panels"][index]["options"]["expandall"] = original["panels"][index]["options"].pop("expandAll")
+    assert schema_losses(original) == [f"/panels[{index}]/options/expandall: dropped"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_every_panel_type_has_a_typed_model(path):
+    """A type the SDK does not model would have its options and field config passed through
+    unchecked by the round trip: every one here is modelled (rows are the schema's own)."""
+    for panel in all_panels(load(path)["panels"]):
+        assert panel["type"] == "row" or cogruntime.panelcfg_config(panel["type"]), panel["type"]
+
+
+def removed_panels(dashboard: dict) -> list[str]:
+    """``"title: what"`` of each panel Grafana 13 no longer draws as the JSON says: one of a removed
+    type, or one carrying a legacy (dashboard) alert rule, which went with legacy alerting in 11."""
+    found = []
+    for panel in all_panels(dashboard["panels"]):
+        if panel["type"] in REMOVED_PANEL_TYPES:
+            found.append(f"{panel.get('title', '')}: {panel['type']}")
+        if "alert" in panel:
+            found.append(f"{panel.get('title', '')}: legacy alert rule")
+    return found
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_no_panel_is_of_a_removed_angular_type(path):
+    assert removed_panels(load(path)) == []
+
+
+def test_the_removed_panel_check_catches_a_graph_panel_in_a_collapsed_row():
+    dashboard = load(ROOT / "grafana/dashboards/hvs-api-overview.json")
+    timeseries = next(p for p in dashboard["panels"] if p["type"] == "timeseries")
+    row = next(p for p in dashboard["panels"] if p["type"] == "row")
+    row["panels"] = [{**timeseries, "type": "graph"}]
+    assert removed_panels(dashboard) == [f"{timeseries['title']}: graph"]
+
+
+def test_provisioning_has_no_legacy_alerting():
+    """Legacy alerting's provisioned notification channels (provisioning/notifiers) went with legacy
+    alerting in Grafana 11; the lab's alerts are Prometheus's, routed by Alertmanager."""
+    assert {p.name for p in (ROOT / "grafana/provisioning").iterdir()} == {"dashboards", "datasources"}
+
+
+def pending_migrations(dashboard: dict) -> list[str]:
+    """What Grafana 13.2 would still rewrite on load: its schema migrations from 39 on
+    (apps/dashboard/pkg/migration/schemaversion/v39.go on) and the panel plugins' own
+    (public/app/plugins/panel/*/migrations.ts), which run on every load of a panel saved without
+    a pluginVersion, as these files are."""
+    found = [] if dashboard["schemaVersion"] == SCHEMA_VERSION else [f"schemaVersion {dashboard['schemaVersion']}"]
+    # The built-in annotation is found by builtIn == 1; without it Grafana adds a second one.
+    if not any(a.get("builtIn") == 1 for a in dashboard["annotations"]["list"]):
+        found.append("no built-in annotation (builtIn: 1)")
+    if not isinstance(dashboard.get("refresh"), str):  # v40
+        found.append("refresh not a string")
+    if "time_options" in dashboard.get("timepicker", {}):  # v41
+        found.append("timepicker.time_options")
+    for panel in all_panels(dashboard["panels"]):
+        title, options = panel.get("title", ""), panel.get("options", {})
+        for transformation in panel.get("transformations", []):
+            if transformation["id"] == "timeSeriesTable" and "refIdToStat" in transformation.get("options", {}):
+                found.append(f"{title}: timeSeriesTable refIdToStat")  # v39
+            if transformation["id"] == "formatTime":
+                found.append(f"{title}: formatTime transformation")  # v43: now convertFieldType
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            for prop in override.get("properties", []):
+                value = prop.get("value")
+                if prop["id"] == "custom.hideFrom" and isinstance(value, dict) and value.get("viz"):
+                    if not value.get("tooltip"):
+                        found.append(f"{title}: hideFrom.viz without hideFrom.tooltip")  # v42
+                if panel["type"] == "table" and prop["id"] == "custom.hidden":
+                    found.append(f"{title}: custom.hidden (now custom.hideFrom.viz)")
+        if panel["type"] == "heatmap" and "show" in options.get("tooltip", {}):
+            found.append(f"{title}: heatmap tooltip.show (now tooltip.mode)")
+        if panel["type"] == "table":
+            if "show" in options.get("footer", {}):
+                found.append(f"{title}: table options.footer (now field config custom.footer.reducers)")
+            if "wrapText" in panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {}).get("cellOptions", {}):
+                found.append(f"{title}: cellOptions.wrapText (now custom.wrapText)")
+    return found
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_grafana_13_2_has_nothing_left_to_migrate(path):
+    assert pending_migrations(load(path)) == []
+
+
+def test_the_migration_check_catches_what_grafana_10_1_wrote():
+    dashboard = load(ROOT / "grafana/dashboards/hvs-model.json")
+    dashboard["schemaVersion"] = 38
+    del dashboard["annotations"]["list"][0]["builtIn"]
+    heatmap = next(p for p in dashboard["panels"] if p["type"] == "heatmap")
+    heatmap["options"]["tooltip"] = {"show": True, "yHistogram": False}
+    table = next(p for p in dashboard["panels"] if p["type"] == "table")
+    table["options"]["footer"] = {"show": False, "reducer": ["sum"], "countRows": False}
+    assert pending_migrations(dashboard) == [
+        "schemaVersion 38",
+        "no built-in annotation (builtIn: 1)",
+        f"{table['title']}: table options.footer (now field config custom.footer.reducers)",
+        f"{heatmap['title']}: heatmap tooltip.show (now tooltip.mode)",
+    ]
+
+
 def fixed_prometheus_uids(text: str) -> list[str]:
     """Prometheus datasource references in a dashboard's JSON text that name a uid, not the variable."""
     return re.findall(r'"type": "prometheus",\s*"uid": "(?!\$\{datasource\})([^"]*)"', text)
@@ -116,7 +273,7 @@ def fixed_prometheus_uids(text: str) -> list[str]:
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_panels_query_the_datasource_variable_and_no_fixed_uid(path):
     dashboard = load(path)
-    assert dashboard["uid"] == path.stem and dashboard["schemaVersion"] == 38
+    assert dashboard["uid"] == path.stem and dashboard["schemaVersion"] == SCHEMA_VERSION
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     datasource = variables(dashboard)["datasource"]
