@@ -45,6 +45,10 @@ MONITORING=(
   "prometheus-alertmanager $ALERTMANAGER_VERSION prometheus-alertmanager amtool"
   "prometheus-blackbox-exporter $BLACKBOX_VERSION prometheus-blackbox-exporter"
 )
+# Data that Debian's builds read from fixed paths: Alertmanager will not start without its
+# default notification templates there, and Prometheus serves its page from web/.
+SHARED=/usr/share/prometheus
+SHARED_DATA=("prometheus-alertmanager alertmanager" "prometheus web")
 
 # The version a program prints of itself ("prometheus, version X.Y.Z+ds1 (...)" gives X.Y.Z).
 version_of() {
@@ -54,6 +58,13 @@ version_of() {
 monitoring=()
 for entry in "${MONITORING[@]}"; do
   read -r package version programs <<<"$entry"
+  for data in "${SHARED_DATA[@]}"; do
+    read -r owner folder <<<"$data"
+    if [ "$owner" = "$package" ] && [ ! -e "$SHARED/$folder" ]; then
+      monitoring+=("$entry")
+      continue 2
+    fi
+  done
   for program in $programs; do
     if [ "$(version_of "$BIN/$program" 2>/dev/null)" != "$version" ] || ! ls "$DEB_CACHE/${package}_$version"[+-]*.deb >/dev/null 2>&1; then
       monitoring+=("$entry")
@@ -138,6 +149,15 @@ if [ ${#monitoring[@]} -gt 0 ]; then
     dpkg-deb -x "$deb" "$dest"
     rm -f "$DEB_CACHE/${package}_"*.deb
     cp "$deb" "$DEB_CACHE/"
+    for data in "${SHARED_DATA[@]}"; do
+      read -r owner folder <<<"$data"
+      [ "$owner" = "$package" ] || continue
+      # A folder that Debian's own package installed there stays; a link of ours moves along.
+      if [ -L "$SHARED/$folder" ] || [ ! -e "$SHARED/$folder" ]; then
+        mkdir -p "$SHARED"
+        ln -sfn "$dest$SHARED/$folder" "$SHARED/$folder"
+      fi
+    done
     for program in $programs; do
       ln -sfn "$dest/usr/bin/$program" "$BIN/$program"
       found=$(version_of "$BIN/$program")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.support import DASHBOARDS, ROOT, rule_groups
+from tests.support import DASHBOARDS, ROOT, rule_groups, scrape_problems
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 HELM_VALUES = yaml.safe_load((ROOT / "k8s" / "helm-values.yaml").read_text())
@@ -127,3 +127,33 @@ def test_no_scrape_job_guesses_a_missing_or_unknown_content_type():
     assert config["scrape_configs"]
     assert [job["job_name"] for job in config["scrape_configs"] if "fallback_scrape_protocol" in job] == []
     assert "fallback_scrape_protocol" not in config.get("global", {})
+
+
+class _Answer:
+    """What urlopen returns, reduced to the headers scrape_problems reads."""
+
+    def __init__(self, content_type: str | None):
+        self.headers = {} if content_type is None else {"Content-Type": content_type}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_the_scrape_check_catches_a_failed_scrape_and_a_type_prometheus_3_refuses():
+    def target(job, health="up", error=""):
+        return {"labels": {"job": job}, "scrapeUrl": f"http://{job}/metrics", "health": health, "lastError": error}
+
+    answers = {"http://ok/metrics": "text/plain; version=0.0.4; charset=utf-8", "http://html/metrics": "text/html"}
+
+    def fetch(request, timeout):
+        return _Answer(answers.get(request.full_url))
+
+    targets = [target("ok"), target("html"), target("none"), target("down", "down", "connection refused")]
+    assert scrape_problems(targets, fetch) == [
+        "html http://html/metrics: Content-Type text/html",
+        "none http://none/metrics: Content-Type missing",
+        "down http://down/metrics: down, 'connection refused'",
+    ]
