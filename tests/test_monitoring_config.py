@@ -4,8 +4,10 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -220,15 +222,25 @@ def alert_suite(folder: Path, alertname: str, original: dict | None = None, vari
 
 def failing_unit_test_files(files: list[Path]) -> set[str]:
     """The unit test files that fail, of one promtool run per CPU over a share of them each (few
-    processes: most of a small file's time is promtool starting). promtool writes SUCCESS after
-    each passing file's name on stdout, and the failures on stderr."""
-    shares = [share for i in range(os.cpu_count() or 1) if (share := files[i :: os.cpu_count() or 1])]
-    with ThreadPoolExecutor(len(shares)) as pool:
-        results = list(pool.map(lambda share: run("promtool", "test", "rules", *map(str, share)), shares))
-    stdout = "".join(result.stdout for result in results)
-    verdicts = {chunk.split()[0]: "SUCCESS" in chunk for chunk in stdout.split("Unit Testing:")[1:] if chunk.strip()}
-    assert set(verdicts) == set(map(str, files)), stdout + "".join(result.stderr for result in results)
-    return {path for path, passed in verdicts.items() if not passed}
+    processes: most of a small file's time is promtool starting). Each run writes its verdicts
+    per file as JUnit XML (promtool 3 no longer prints a line per file on stdout)."""
+    count = os.cpu_count() or 1
+    shares = [share for i in range(count) if (share := files[i::count])]
+    with tempfile.TemporaryDirectory() as reports:
+
+        def verdicts(numbered: tuple[int, list[Path]]) -> tuple[dict[str, bool], str]:
+            number, share = numbered
+            report = Path(reports) / f"{number}.xml"
+            result = run("promtool", "test", "rules", f"--junit={report}", *map(str, share))
+            suites = ElementTree.parse(report).getroot().iter("testsuite") if report.exists() else []
+            found = {suite.get("name"): suite.get("failures") == suite.get("errors") == "0" for suite in suites}
+            return found, result.stdout + result.stderr
+
+        with ThreadPoolExecutor(len(shares)) as pool:
+            results = list(pool.map(verdicts, enumerate(shares)))
+    passed = {name: ok for found, _ in results for name, ok in found.items()}
+    assert set(passed) == set(map(str, files)), "".join(output for _, output in results)[-5000:]
+    return {path for path, ok in passed.items() if not ok}
 
 
 def test_every_condition_and_for_of_every_alert_decides_a_unit_test(tmp_path):
