@@ -14,6 +14,7 @@ always adds, is the Flask view name as ``handler``. Both are bounded by the app'
 anything that matches no route is ``endpoint="unmatched"``.
 """
 
+import math
 import os
 
 from flask import Flask, request
@@ -212,11 +213,14 @@ class ApiMetrics:
             self.runtime_fallback_info.labels(reason=reason).set(
                 int(model is not None and model.runtime.fallback_reason == reason)
             )
+        # No baseline is NaN, not 0: an unset gauge exports 0.0, which the drift alert would
+        # read as a model trained on no Hazardous record at all. NaN compares false, so no
+        # drift verdict is made, and the dashboard shows "no baseline".
+        share = model.training_hazardous_share if model is not None else None
+        self.training_hazardous_share.set(math.nan if share is None else share)
         if model is None:
             return
         self.model_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
-        if model.training_hazardous_share is not None:
-            self.training_hazardous_share.set(model.training_hazardous_share)
 
     def predictions_made(self, hazard_probability, hazardous_mask, seconds: float) -> None:
         """Count one accepted request's predictions: one ``inc(n)`` per label, not one per record."""

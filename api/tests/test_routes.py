@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import random
 import string
 
@@ -71,6 +72,18 @@ def test_metrics_show_the_model(client, champion):
     assert sample(client, "hvs_model_loaded") == 1
     assert sample(client, "hvs_model_training_hazardous_ratio") == pytest.approx(champion.training_hazardous_share)
     assert sample(client, "app_info", version="1.0.0") == 1
+
+
+def test_a_model_without_a_training_share_exports_no_baseline(champion, make_app):
+    # Not 0: a baseline of 0 would make the drift alert fire on normal traffic.
+    unknown = dataclasses.replace(champion, training_hazardous_share=None)
+    client = make_app({"TESTING": True, "MODEL": unknown}).test_client()
+    assert math.isnan(sample(client, "hvs_model_training_hazardous_ratio"))
+
+
+def test_no_model_exports_no_baseline(make_app, monkeypatch):
+    client = make_app({"TESTING": True, "MODEL": None}).test_client()
+    assert math.isnan(sample(client, "hvs_model_training_hazardous_ratio"))
 
 
 def test_every_invalid_reason_starts_at_zero(client):
