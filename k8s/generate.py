@@ -8,7 +8,10 @@
 - ``hvs-blackbox-exporter-configmap.yaml``: blackbox/blackbox.yml for the blackbox exporter;
 - ``hvs-api-alertmanagerconfig.yaml``: alertmanager/alertmanager.yml in prometheus-operator's
   form (route, receivers, and the inhibitions, which are written only there), its webhooks
-  pointed at the alert receiver's Service, without the lab-only heartbeat route.
+  pointed at the alert receiver's Service, without the lab-only heartbeat route;
+- ``k8s/helm-values-alerting.yaml``: the same file's heartbeat and page routes and receivers as
+  Helm values for the chart's own Alertmanager configuration, whose default sends the stack's
+  alerts and its Watchdog to ``null``.
 
 Kustomize cannot read files outside the kustomization's folder (and cannot put a file's
 content into a custom resource), hence this step. Run ``make k8s``; a test fails when the
@@ -236,6 +239,54 @@ def alertmanager_config() -> str:
     return HEADER.format(source="alertmanager/alertmanager.yml") + dump([config])
 
 
+# Written beside k8s/helm-values.yaml rather than into the kustomization: Helm reads it.
+ALERTING_VALUES = ROOT / "k8s" / "helm-values-alerting.yaml"
+
+
+def alerting_values() -> str:
+    """Helm values for kube-prometheus-stack's own Alertmanager configuration.
+
+    The chart's default sends its root route and its Watchdog to the receiver ``null``: its
+    stack alerts (rule and notification failures, reload errors) would reach no one and the
+    heartbeat would prove nothing. These values route them as alertmanager.yml routes the
+    Compose lab's: the Watchdog to the heartbeat route, criticals to pages, the rest to tickets,
+    with alertmanager.yml's receivers and timings. The chart's inhibitions and group_by are kept
+    (Helm merges maps and replaces lists). The operator puts the hvs-api AlertmanagerConfig's
+    route first with ``continue: true`` (it always does for those), so the API's alerts reach
+    this tree too: its first route drops them, or they would be delivered twice.
+    """
+    compose = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    by_receiver = {child["receiver"]: child for child in compose["route"]["routes"]}
+
+    def timed(child: dict) -> dict:
+        keys = ("matchers", "receiver", "group_wait", "group_interval", "repeat_interval")
+        return {key: child[key] for key in keys if key in child}
+
+    routes = [
+        # The API's alerts, already delivered through the hvs-api AlertmanagerConfig.
+        {"matchers": ['job="hvs-api"'], "receiver": "null"},
+        timed(by_receiver["lab-heartbeat"]),
+        # The chart's InfoInhibitor exists to inhibit, and info alerts are for dashboards.
+        {"matchers": ['alertname="InfoInhibitor"'], "receiver": "null"},
+        {"matchers": ['severity="info"'], "receiver": "null"},
+        timed(by_receiver["lab-pages"]),
+    ]
+    receivers = [{"name": "null"}]
+    for compose_receiver in compose["receivers"]:
+        hooks = [{**hook, "url": in_cluster(hook["url"])} for hook in compose_receiver["webhook_configs"]]
+        receivers.append({"name": compose_receiver["name"], "webhook_configs": hooks})
+    values = {
+        "alertmanager": {
+            "config": {
+                "route": {"receiver": compose["route"]["receiver"], "routes": routes},
+                "receivers": receivers,
+            }
+        }
+    }
+    header = HEADER.format(source="alertmanager/alertmanager.yml")
+    return header + "# Used by k8s/install-stack.sh after k8s/helm-values.yaml.\n" + dump([values])
+
+
 def blackbox_config() -> str:
     """blackbox/blackbox.yml, the Compose lab's exporter configuration, for the cluster's exporter."""
     config_map = {
@@ -262,18 +313,23 @@ def generated() -> dict[str, str]:
     }
 
 
+def outputs() -> dict[Path, str]:
+    """Path -> content of every file this script writes."""
+    return {**{OUT / name: text for name, text in generated().items()}, ALERTING_VALUES: alerting_values()}
+
+
 def main(argv: list[str]) -> int:
-    files = generated()
+    files = outputs()
     if "--check" in argv:
-        stale = [name for name, text in files.items() if not (OUT / name).exists() or (OUT / name).read_text() != text]
+        stale = [path.name for path, text in files.items() if not path.exists() or path.read_text() != text]
         if stale:
             print(f"out of date (run make k8s): {', '.join(stale)}")
             return 1
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (OUT / name).write_text(text)
-        print(f"wrote {OUT / name}")
+    for path, text in files.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

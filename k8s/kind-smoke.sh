@@ -237,13 +237,23 @@ hits = [a for a in json.load(sys.stdin)
 sys.exit(0 if hits else 1)'
 }
 
-step "5. The API scaled to zero: HvsApiDown pages (absent for 5 min, then Alertmanager's group_wait)"
+# The chart's own Watchdog, routed by k8s/helm-values-alerting.yaml to the heartbeat route (the
+# chart's default sends it to "null"): the receiver's heartbeat is "ok" once one has arrived.
+heartbeat_ok() {
+  curl -fsS "http://127.0.0.1:$receiver_port/heartbeat" | python3 -c '
+import json, sys
+sys.exit(0 if json.load(sys.stdin)["state"] == "ok" else 1)'
+}
+step "5. The chart's Watchdog reaches the alert receiver's heartbeat"
+until_true 300 "the receiver's heartbeat is ok" heartbeat_ok
+
+step "6. The API scaled to zero: HvsApiDown pages (absent for 5 min, then Alertmanager's group_wait)"
 since=$(utc_now)
 kubectl scale deployment/hvs-api -n default --replicas=0
 until_true 720 "HvsApiDown (cause no-target) fires and reaches the receiver's route pages" \
   receiver_has_api_down firing
 
-step "6. The API back at two replicas (the HPA does not scale up from zero by itself)"
+step "7. The API back at two replicas (the HPA does not scale up from zero by itself)"
 since=$(utc_now)
 kubectl scale deployment/hvs-api -n default --replicas=2
 kubectl rollout status deployment/hvs-api -n default --timeout=5m

@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,6 +36,7 @@ from tests.kube import (
     matches,
     namespace_matches,
     one,
+    operator_alertmanager_config,
     operator_crds,
     prometheus_pod_labels,
     prometheus_selectors,
@@ -47,7 +49,7 @@ from tests.kube import (
 )
 from tests.support import ROOT, seconds
 
-STACK_VALUES = [K8S / "helm-values.yaml", K8S / "helm-values-docker-desktop.yaml"]
+STACK_VALUES = [K8S / "helm-values.yaml", K8S / "helm-values-alerting.yaml", K8S / "helm-values-docker-desktop.yaml"]
 METRICS_SERVER_VALUES = K8S / "metrics-server-values.yaml"
 SCRIPTS = [K8S / "install-stack.sh", K8S / "deploy.sh", K8S / "kind-smoke.sh"]
 
@@ -469,3 +471,61 @@ def test_the_scripts_pass_shellcheck():
         pytest.skip("shellcheck is not installed")
     result = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- The stack's own alerts and its Watchdog reach the alert receiver ------------------------
+
+ALERTING_VALUES = K8S / "helm-values-alerting.yaml"
+
+
+def stack_alertmanager_config(tmp_path: Path, *values_files: Path) -> Path:
+    amc = yaml.safe_load((K8S / "base" / "generated" / "hvs-api-alertmanagerconfig.yaml").read_text())
+    config = operator_alertmanager_config(stack_values(*values_files), amc)
+    path = tmp_path / "alertmanager.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    checked = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    return path
+
+
+def receivers_of(config: Path, labels: list[str]) -> str:
+    """The receivers an alert with these labels reaches, as amtool lists them."""
+    result = subprocess.run(
+        ["amtool", "config", "routes", "test", f"--config.file={config}", *labels], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def test_install_stack_passes_the_alerting_values_after_the_lab_values():
+    script = (K8S / "install-stack.sh").read_text()
+    assert "values=(-f k8s/helm-values.yaml -f k8s/helm-values-alerting.yaml)" in script
+
+
+# The stack's alerts by the labels the chart's rules give them (kube-prometheus-stack's
+# default rules: alertmanager.rules, prometheus, config-reloaders, general.rules).
+STACK_ALERTS = [
+    (["alertname=Watchdog", "severity=none", "namespace=monitoring"], "lab-heartbeat"),
+    (["alertname=PrometheusRuleFailures", "severity=critical", "namespace=monitoring"], "lab-pages"),
+    (["alertname=PrometheusBadConfig", "severity=critical", "namespace=monitoring"], "lab-pages"),
+    (["alertname=AlertmanagerFailedToSendAlerts", "severity=warning", "namespace=monitoring"], "lab-tickets"),
+    (["alertname=ConfigReloaderSidecarErrors", "severity=warning", "namespace=monitoring"], "lab-tickets"),
+    (["alertname=PrometheusNotConnectedToAlertmanagers", "severity=warning", "namespace=monitoring"], "lab-tickets"),
+    (["alertname=InfoInhibitor", "severity=none", "namespace=monitoring"], "null"),
+    # The API's alerts arrive once, through the lab's AlertmanagerConfig; the root tree drops them.
+    (["alertname=HvsApiDown", "severity=critical", "job=hvs-api"], "monitoring/hvs-api/lab-pages,null"),
+    (["alertname=HvsApiInstanceDown", "severity=warning", "job=hvs-api"], "monitoring/hvs-api/lab-tickets,null"),
+]
+
+
+@pytest.mark.parametrize(("labels", "receivers"), STACK_ALERTS, ids=lambda v: v[0] if isinstance(v, list) else v)
+def test_the_stack_alerts_reach_the_lab_receivers(tmp_path, labels, receivers):
+    config = stack_alertmanager_config(tmp_path, K8S / "helm-values.yaml", ALERTING_VALUES)
+    assert receivers_of(config, labels) == receivers
+
+
+def test_without_the_alerting_values_the_charts_watchers_reach_no_one(tmp_path):
+    # What the chart's defaults do, and why helm-values-alerting.yaml exists.
+    config = stack_alertmanager_config(tmp_path, K8S / "helm-values.yaml")
+    assert receivers_of(config, ["alertname=Watchdog", "severity=none"]) == "null"
+    assert receivers_of(config, ["alertname=PrometheusRuleFailures", "severity=critical"]) == "null"
