@@ -188,6 +188,13 @@ def alert_suite(folder: Path, alertname: str, original: dict | None = None, vari
     read. Annotations are left out: a weakened condition may change ``$value``, not the verdict."""
     (folder / "rules").mkdir(parents=True)
     (folder / "tests").mkdir()
+    # Alerts that ``alertname`` reads through ALERTS{alertname="..."} are kept too, unchanged.
+    read = {
+        name
+        for rule in rules("alert")
+        if rule["alert"] == alertname
+        for name in re.findall(r'ALERTS\{alertname="(\w+)"', rule["expr"])
+    }
     for path in RULE_FILES:
         groups = []
         for group in yaml.load(path.read_text(), Loader=FAST_LOADER)["groups"]:
@@ -198,7 +205,7 @@ def alert_suite(folder: Path, alertname: str, original: dict | None = None, vari
             alerts = [
                 without_annotations(variant if rule == original else rule)
                 for rule in group["rules"]
-                if rule.get("alert") == alertname
+                if rule.get("alert") == alertname or rule.get("alert") in read
             ]
             inputs = [record for alert in alerts for record in recorded_inputs(alert["expr"], records)]
             if alerts:

@@ -7,10 +7,13 @@ present); the deadlines only bound a broken run. Speed is not judged here (`make
 `make bench` do that): Locust's own SLO is switched off, and only failed requests count.
 """
 
+import json
+import time
+
 import pytest
 
-from tests.lab import Lab, traffic
-from tests.support import ApiServer, Steps, panel_queries, rule_groups, scrape_problems, wait_for
+from tests.lab import TIME_SCALE, Lab, traffic
+from tests.support import ApiServer, Steps, panel_queries, rule_groups, scrape_problems, seconds, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -160,14 +163,33 @@ def test_a_stopped_api_pages_and_holds_back_the_apis_other_alerts(lab):
     lab.budget_before_outage = budget_before
 
 
-def test_a_stopped_api_burns_the_probe_budget_and_the_probe_page_is_held_back(lab):
-    """The black-box probe sees the outage the API's own counters cannot: its fast burn fires in
-    Prometheus, HvsApiDown holds it back at Alertmanager, and the budget panel's query drops."""
+def test_a_stopped_api_burns_the_probe_budget_and_the_probe_page_is_left_to_hvsapidown(lab):
+    """The black-box probe sees the outage the API's own counters cannot: the budget panel's
+    query drops. Its fast burn is that same outage, which HvsApiDown pages for: the rule leaves
+    it out while HvsApiDown fires (rules/hvs-api-probe-slo.yml)."""
     steps.after("api stopped")
-    wait_for(lambda: firing(lab, "HvsApiProbeBudgetBurnFast"), 90, "the probe's fast burn to fire")
-    wait_for(lambda: alert_state(lab, "HvsApiProbeBudgetBurnFast") == "suppressed", 30, "the probe page to be held")
     # The long group runs every 10 s here (5 minutes scaled); the budget left falls with it.
     wait_for(lambda: probe_budget(lab) < lab.budget_before_outage - 0.5, 60, "the probe budget to drop")
-    assert not [a for a in lab.received_alerts() if a["alertname"] == "HvsApiProbeBudgetBurnFast"]
+    assert lab.has_data('job:hvs_api_probe_unavailable:ratio_avg1h{job="hvs-api"} > 14.4 * 0.005')
+    assert alert_state(lab, "HvsApiProbeBudgetBurnFast") is None
     # The probe returned failures, not nothing: it is not blind.
     assert lab.has_data('probe_success{job="hvs-api-probe"} == 0') and not firing(lab, "HvsApiProbeBlind")
+    steps.done("probe budget burnt")
+
+
+def test_an_api_back_after_an_outage_pages_nobody_about_it(lab):
+    """One incident, one page: once the API is back, HvsApiDown resolves and no probe page about
+    the outage follows. Alertmanager's inhibition held the probe's fast burn back only while
+    HvsApiDown fired, and its 6h/30m pair used to fire on for half an hour of a healthy API."""
+    steps.after("probe budget burnt")
+    before = {json.dumps(a, sort_keys=True) for a in lab.received_alerts()}
+    lab.api.start()
+    wait_for(lambda: not firing(lab, "HvsApiDown"), 60, "HvsApiDown to resolve in Prometheus")
+    # 30 scaled minutes (the 6h/30m pair's short window) plus Alertmanager's group interval.
+    deadline = time.monotonic() + seconds("30m") / TIME_SCALE + seconds("5m") / TIME_SCALE + 10
+    while time.monotonic() < deadline:
+        assert alert_state(lab, "HvsApiProbeBudgetBurnFast") is None
+        time.sleep(2)
+    assert not [a for a in lab.received_alerts() if a["alertname"] == "HvsApiProbeBudgetBurnFast"]
+    since = [a for a in lab.received_alerts() if json.dumps(a, sort_keys=True) not in before]
+    assert not [a for a in since if a["route"] == "pages" and a["status"] == "firing"], since
