@@ -87,6 +87,30 @@ def when_ready(server):
     from prometheus_client.multiprocess import mark_process_dead
 
     mark_process_dead(os.getpid(), _metrics_dir)
+    # Created here, in the master, so that both series exist at 0 from the start.
+    _worker_losses()
+
+
+_LOSSES = {}
+
+
+def _worker_losses():
+    """The master's counters of work lost with dead workers (written to the master's own file,
+    which outlives every worker)."""
+    if not _LOSSES:
+        from prometheus_client import Counter
+
+        _LOSSES["requests"] = Counter(
+            "hvs_api_aborted_requests_total",
+            "Requests in progress in a worker when it died (killed, crashed, timed out): never answered or counted",
+            registry=None,
+        )
+        _LOSSES["workers"] = Counter(
+            "hvs_api_aborted_workers_total",
+            "Workers that died with requests in progress",
+            registry=None,
+        )
+    return _LOSSES
 
 
 def post_worker_init(worker):
@@ -110,6 +134,15 @@ def child_exit(server, worker):
     This does what prometheus-flask-exporter's mark_process_dead_on_child_exit does, and then
     keeps the directory from growing with every replaced worker (see hvs_api.metrics_files).
     """
-    from hvs_api.metrics_files import fold_dead_worker
+    from hvs_api.metrics import REQUESTS_IN_PROGRESS
+    from hvs_api.metrics_files import fold_dead_worker, live_gauge_value
 
+    # A worker that exits on purpose (recycled, reloaded, stopped) finishes its requests first;
+    # one that still had some was killed, crashed or timed out, and they died with it.
+    lost = live_gauge_value(_metrics_dir, worker.pid, REQUESTS_IN_PROGRESS)
+    if lost > 0:
+        losses = _worker_losses()
+        losses["requests"].inc(lost)
+        losses["workers"].inc()
+        server.log.warning("Worker (pid:%s) died with %d requests in progress", worker.pid, lost)
     fold_dead_worker(_metrics_dir, worker.pid)

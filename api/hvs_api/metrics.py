@@ -57,6 +57,10 @@ BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+# Read by the gunicorn master when a worker dies (hvs_api.metrics_files.requests_in_progress).
+REQUESTS_IN_PROGRESS = "hvs_api_requests_in_progress"
+
+
 class _FoldAwareGunicornMetrics(GunicornInternalPrometheusMetrics):
     """Reads the workers' files under the shared lock, so a fold in the master never shows half done."""
 
@@ -185,6 +189,18 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+
+        # Requests a worker is serving right now, summed over the live workers. When a worker
+        # dies, the gunicorn master reads its last value before dropping its file: requests it
+        # took with it, which never reached the request counters (gunicorn.conf.py, child_exit).
+        self.requests_in_progress = Gauge(
+            REQUESTS_IN_PROGRESS,
+            "HTTP requests the API's workers are serving right now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        app.before_request(self.requests_in_progress.inc)
+        app.teardown_request(lambda _error: self.requests_in_progress.dec())
 
         # Every bounded label value exists from the start, so rates and alerts see a 0
         # rather than no series before the first event.

@@ -15,6 +15,7 @@ never go down. Live-gauge files are simply deleted, as prometheus_client's
 """
 
 import fcntl
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,3 +74,19 @@ def fold_dead_worker(directory: str | Path, pid: int) -> int:
             dead.unlink()
             removed += 1
     return removed
+
+
+def live_gauge_value(directory: str | Path, pid: int, name: str) -> float:
+    """The last value a worker wrote for a "livesum" gauge (0 when it wrote none).
+
+    Read before ``fold_dead_worker`` deletes the worker's live-gauge file: for
+    hvs_api_requests_in_progress, the requests the worker was serving when it died.
+    """
+    path = Path(directory) / f"gauge_livesum_{pid}.db"
+    if not path.exists() or path.stat().st_size < _HEADER_BYTES:
+        return 0.0
+    total = 0.0
+    for key, value, _timestamp, _ in MmapedDict.read_all_values_from_file(str(path)):
+        if json.loads(key)[1] == name:
+            total += value
+    return total

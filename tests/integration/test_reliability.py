@@ -96,7 +96,14 @@ def test_a_worker_killed_under_load_loses_only_the_requests_on_its_connections(
     assert 0 <= victim_connections <= users, victim_connections
     assert failures <= victim_connections, log.read_text()[-3000:]
     assert victim_counted >= 10 and totals == sorted(totals), "a counter went down"
+    # The master counted what died with the worker: at least the held request, at most every
+    # request on its connections; and the worker itself, once.
+    text = server.metrics()
+    aborted = metric_value(text, "hvs_api_aborted_requests_total")
+    assert 1 <= aborted <= victim_connections + 1, aborted
+    assert metric_value(text, "hvs_api_aborted_workers_total") == 1
     figures["worker_killed_under_load"] = {
+        "aborted_requests_counted": aborted,
         "locust_requests": requests,
         "locust_failures": failures,
         "locust_connections_on_the_victim": victim_connections,
@@ -146,6 +153,9 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
     scrape_after = time.perf_counter() - started
     assert predict_ok(text) == len(statuses)
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == len(statuses)
+    # A recycled worker finishes its requests first: nothing was aborted.
+    assert metric_value(text, "hvs_api_aborted_requests_total") == 0
+    assert metric_value(text, "hvs_api_aborted_workers_total") == 0
     # gunicorn logs each worker it boots: the first ones, then one per recycled worker.
     recycled = server.log().count("Booting worker with pid") - len(first_workers)
     figures["worker_recycling"] = {
