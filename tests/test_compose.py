@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support import ROOT, dockerfile_instructions, final_stage, image_env
+from tests.support import NORMAL, ROOT, dockerfile_instructions, final_stage, image_env
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
@@ -402,32 +402,42 @@ def test_the_apis_metric_files_and_heartbeat_are_in_memory():
     assert Path("/tmp") in memory
 
 
-def test_the_probe_job_asks_the_blackbox_exporter_to_probe_the_apis_readiness():
-    """Prometheus hands each URL to the exporter as its target, under a module that the
-    exporter's mounted configuration defines, and keeps the URL as the instance."""
+def test_the_probe_job_asks_the_blackbox_exporter_to_probe_readiness_and_predictions():
+    """Prometheus hands each URL to the exporter as its target, under the module its `module`
+    label names, which the exporter's mounted configuration defines, and keeps the URL as the
+    instance: /ready with a GET, /predict with a marked POST of a record the API accepts."""
     prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     [job] = probe_jobs(prometheus)
-    assert job["job_name"] == "hvs-api-probe"
+    assert job["job_name"] == "hvs-api-probe" and "params" not in job
     relabel = {r["target_label"]: r for r in job["relabel_configs"]}
+    assert relabel["__param_module"]["source_labels"] == ["module"]
     assert relabel["__param_target"]["source_labels"] == ["__address__"]
     assert relabel["instance"]["source_labels"] == ["__param_target"]
     assert relabel["__address__"]["replacement"] == f"blackbox:{LISTENS_ON['blackbox']}"
-    [url] = [t for c in job["static_configs"] for t in c["targets"]]
-    host, port, path = re.fullmatch(r"http://([\w-]+):(\d+)(/\S*)", url).groups()
+    probed = {}
+    for static in job["static_configs"]:
+        [url] = static["targets"]
+        host, port, path = re.fullmatch(r"http://([\w-]+):(\d+)(/\S*)", url).groups()
+        assert (host, int(port)) == ("api", LISTENS_ON["api"])
+        probed[static["labels"]["module"]] = path
     # The API's readiness, not /health: an API without a model is not available.
-    assert (host, int(port), path) == ("api", LISTENS_ON["api"], "/ready")
+    assert probed == {"hvs_api_ready": "/ready", "hvs_api_predict": "/predict"}
     blackbox = SERVICES["blackbox"]
     config_file = flag_value(blackbox["command"], "--config.file")
     [(source, target)] = bind_mounts(blackbox)
     assert config_file.startswith(target + "/"), (config_file, target)
     config = ROOT / source / config_file[len(target) + 1 :]
-    [module] = job["params"]["module"]
     modules = yaml.safe_load(config.read_text())["modules"]
-    assert modules[module]["prober"] == "http"
-    assert modules[module]["http"]["valid_status_codes"] == [200]
+    assert set(modules) == set(probed)
     # The probe must answer before Prometheus's scrape gives up on the exporter.
     timeout = prometheus["global"].get("scrape_timeout", "10s")
-    assert seconds(modules[module]["timeout"]) < seconds(timeout)
+    for module in modules.values():
+        assert module["prober"] == "http" and module["http"]["valid_status_codes"] == [200]
+        assert seconds(module["timeout"]) < seconds(timeout)
+    predict = modules["hvs_api_predict"]["http"]
+    assert predict["method"] == "POST" and predict["headers"]["X-HVS-Synthetic"]
+    # The record is one the API accepts as it is (api/tests/test_routes.py posts it).
+    assert json.loads(predict["body"]) == NORMAL
     checked = subprocess.run(
         ["prometheus-blackbox-exporter", f"--config.file={config}", "--config.check"], capture_output=True, text=True
     )

@@ -388,26 +388,35 @@ def test_the_blackbox_exporter_reads_byte_for_byte_the_config_the_compose_one_re
     assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
 
 
-def test_the_probe_is_the_compose_probe_job_through_the_exporters_service(objects):
-    """The Probe gives its series the Compose job's name, module and interval, and probes the
-    same path of the API's Service through the exporter's Service."""
+def test_the_probes_are_the_compose_probe_job_through_the_exporters_service(objects):
+    """Each Probe gives its series the Compose job's name, module label and interval, and
+    probes the same path of the API's Service with the same module, through the exporter's
+    Service: one Probe per Compose target."""
     prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
     [job] = [j for j in prometheus["scrape_configs"] if j.get("metrics_path") == "/probe"]
-    probe = one(objects, "Probe", "hvs-api-probe")
-    assert probe["metadata"]["labels"]["release"] == "prometheus"
-    spec = probe["spec"]
-    assert spec["jobName"] == job["job_name"] == "hvs-api-probe"
-    assert [spec["module"]] == job["params"]["module"]
-    assert spec["interval"] == prometheus["global"]["scrape_interval"]
     exporter = one(objects, "Service", "hvs-blackbox-exporter")
     meta, [port] = exporter["metadata"], exporter["spec"]["ports"]
-    assert spec["prober"] == {"url": f"{meta['name']}.{meta['namespace']}.svc:{port['port']}", "path": "/probe"}
-    [compose_url] = [t for c in job["static_configs"] for t in c["targets"]]
     api = one(objects, "Service", "hvs-api-service")
     [api_port] = api["spec"]["ports"]
-    path = compose_url.split("//", 1)[1].partition("/")[2]
     host = f"{api['metadata']['name']}.{api['metadata']['namespace']}.svc:{api_port['port']}"
-    assert spec["targets"]["staticConfig"]["static"] == [f"http://{host}/{path}"]
+    # Compose: module label -> the URL probed with that module, on the cluster's API Service.
+    compose = {
+        c["labels"]["module"]: f"http://{host}/" + target.split("//", 1)[1].partition("/")[2]
+        for c in job["static_configs"]
+        for target in c["targets"]
+    }
+    probes = [o for o in objects if o["kind"] == "Probe"]
+    cluster = {}
+    for probe in probes:
+        assert probe["metadata"]["labels"]["release"] == "prometheus"
+        spec = probe["spec"]
+        assert spec["jobName"] == job["job_name"] == "hvs-api-probe"
+        assert spec["interval"] == prometheus["global"]["scrape_interval"]
+        assert spec["prober"] == {"url": f"{meta['name']}.{meta['namespace']}.svc:{port['port']}", "path": "/probe"}
+        static = spec["targets"]["staticConfig"]
+        assert static["labels"] == {"module": spec["module"]}
+        [cluster[spec["module"]]] = static["static"]
+    assert cluster == compose and set(compose) == {"hvs_api_ready", "hvs_api_predict"}
 
 
 def test_network_policies_let_the_exporter_reach_the_api_and_only_prometheus_reach_the_exporter(objects):

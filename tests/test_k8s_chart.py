@@ -172,9 +172,13 @@ def test_the_charts_prometheus_alertmanager_and_grafana_select_every_lab_object(
             assert sidecar_sees(values, stack[1], obj), obj["metadata"]["name"]
             kinds["dashboards"] += 1
     dashboards = len(list((ROOT / "grafana" / "dashboards").glob("*.json")))
+    # One Probe per target of the Compose probe job (a Probe runs one module).
+    prometheus = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    [probe_job] = [j for j in prometheus["scrape_configs"] if j["job_name"] == "hvs-api-probe"]
+    probes = sum(len(c["targets"]) for c in probe_job["static_configs"])
     assert kinds == {
         "ServiceMonitor": 1,
-        "Probe": 1,
+        "Probe": probes,
         "PrometheusRule": 1,
         "AlertmanagerConfig": 1,
         "dashboards": dashboards,

@@ -183,6 +183,13 @@ class ApiMetrics:
             "Prediction requests failed on purpose by the lab's fault-injection switch",
             registry=registry,
         )
+        # By status code, which the app's own answers bound (200, 4xx refusals, 500, 503).
+        self.synthetic_requests = Counter(
+            "hvs_api_synthetic_requests_total",
+            "Prediction requests marked synthetic (the lab's black-box probe), counted in no other metric, by status",
+            ["status"],
+            registry=registry,
+        )
         self.training_hazardous_share = Gauge(
             "hvs_model_training_hazardous_ratio",
             "Share of Hazardous labels in the served model's training data, the drift baseline",
@@ -254,6 +261,10 @@ class ApiMetrics:
     def fault_injected(self) -> None:
         """Count a request failed on purpose."""
         self.injected_faults.inc()
+
+    def synthetic_request(self, status: int) -> None:
+        """Count a marked request, which no other metric counts."""
+        self.synthetic_requests.labels(status=str(status)).inc()
 
     def request_refused(self, reason: str) -> None:
         """Count a refused prediction request by its bounded reason."""

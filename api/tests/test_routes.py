@@ -1,14 +1,16 @@
 import dataclasses
 import math
 import random
+import re
 import string
 
 import pytest
+import yaml
 
 from hvs_api import runtime
 from hvs_api.features import FEATURE_NAMES
 from hvs_api.schema import INVALID_REASONS
-from tests.support import metric_value, samples
+from tests.support import ROOT, metric_value, samples
 
 
 def metrics_text(client) -> str:
@@ -219,3 +221,55 @@ def test_fault_injection_is_off_unless_switched_on(champion, make_app, payloads)
     assert on.post("/predict", json=payloads["Normal"]).status_code == 200
     assert sample(on, "hvs_api_injected_faults_total") == 1
     assert sample(on, "flask_http_request_total", endpoint="/predict", method="POST", status="500") == 1
+
+
+def probe_request() -> tuple[dict[str, str], bytes]:
+    """The headers and body of the blackbox exporter's /predict probe, read from its module."""
+    module = yaml.safe_load((ROOT / "blackbox" / "blackbox.yml").read_text())["modules"]["hvs_api_predict"]["http"]
+    return module["headers"], module["body"].encode()
+
+
+def test_the_predict_probe_is_answered_and_counted_apart_from_every_other_metric(client):
+    headers, body = probe_request()
+
+    # Every series but the probe's own counter stays as it was.
+    def others() -> list:
+        return [s for s in samples(metrics_text(client)) if not s[0].startswith("hvs_api_synthetic_requests")]
+
+    before = others()
+    for _ in range(3):
+        response = client.post("/predict", data=body, headers=headers)
+        assert response.status_code == 200 and response.json["prediction"]["label"] == "Normal"
+        assert re.search(regexp_of_probe(), response.get_data(as_text=True))
+    assert others() == before
+    assert sample(client, "hvs_api_synthetic_requests_total", status="200") == 3
+
+
+def regexp_of_probe() -> str:
+    """The probe's test of the answer's body (Go's RE2 and Python agree on this simple one)."""
+    module = yaml.safe_load((ROOT / "blackbox" / "blackbox.yml").read_text())["modules"]["hvs_api_predict"]["http"]
+    [pattern] = module["fail_if_body_not_matches_regexp"]
+    return pattern
+
+
+def test_a_synthetic_request_that_is_refused_counts_only_as_synthetic(client):
+    headers, _ = probe_request()
+    response = client.post("/predict", data=b"{", headers=headers)
+    assert response.status_code == 400 and response.json["error"] == "malformed_json"
+    assert sample(client, "hvs_api_synthetic_requests_total", status="400") == 1
+    assert sample(client, "hvs_api_invalid_requests_total", reason="malformed_json") == 0
+    assert sample(client, "flask_http_request_total", endpoint="/predict", method="POST", status="400") is None
+
+
+def test_a_synthetic_request_that_raises_is_counted_as_a_500(champion, make_app):
+    class Exploding:
+        def predict_proba(self, x):
+            raise RuntimeError("broken")
+
+    exploding = Exploding()
+    broken = dataclasses.replace(champion, estimator=exploding, runtime=runtime.sklearn_runtime(exploding))
+    client = make_app({"TESTING": False, "MODEL": broken}).test_client()
+    headers, body = probe_request()
+    assert client.post("/predict", data=body, headers=headers).status_code == 500
+    assert sample(client, "hvs_api_synthetic_requests_total", status="500") == 1
+    assert sample(client, "flask_http_request_total", endpoint="/predict", method="POST", status="500") is None

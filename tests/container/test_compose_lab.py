@@ -117,10 +117,19 @@ def test_prometheus_scrapes_the_lab_and_every_rule_is_healthy(lab):
     ]
     assert {t["labels"]["job"] for t in running} == set(published)
     probe = [t for t in active if t["labels"]["job"] == "hvs-api-probe"]
-    assert [(t["health"], t["lastError"]) for t in probe] == [("up", "")], probe
+    assert sorted((t["labels"]["module"], t["health"], t["lastError"]) for t in probe) == [
+        ("hvs_api_predict", "up", ""),
+        ("hvs_api_ready", "up", ""),
+    ], probe
     assert scrape_problems(running) == []
-    # The black-box probe reaches the API through the blackbox service, as a client would.
-    wait_for(lambda: lab.prometheus('probe_success{job="hvs-api-probe"} == 1'), 60, "a successful probe", interval=2)
+    # Both black-box probes reach the API through the blackbox service, as a client would:
+    # /ready answers, and the fixed record POSTed to /predict comes back with a prediction.
+    wait_for(
+        lambda: len(lab.prometheus('probe_success{job="hvs-api-probe"} == 1')) == 2,
+        60,
+        "both probes to succeed",
+        interval=2,
+    )
 
     def fast_rules_ok():
         found = [r for name, rules in rules_by_group(prometheus).items() if name not in SLOW_GROUPS for r in rules]

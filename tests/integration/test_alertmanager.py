@@ -1,11 +1,18 @@
-"""The inhibitions of alertmanager/alertmanager.yml, in Debian's real Alertmanager: which of the
-alerts Prometheus would send it holds back (``suppressed``) and which it lets through
-(``active``). Only the webhooks' host is rewritten, to a closed port: nothing is delivered.
+"""The inhibitions and grouping of alertmanager/alertmanager.yml, in Debian's real Alertmanager:
+which of the alerts Prometheus would send it holds back (``suppressed``) and which it lets
+through (``active``), with the webhooks' host rewritten to a closed port; and which alerts
+arrive together, delivered to a local webhook endpoint.
 """
 
+import contextlib
 import json
 import subprocess
+import threading
+import time
 import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,22 +40,25 @@ SCRAPE = alerts_of("hvs-api-scrape.yml")
 PROBE_BLIND = "HvsApiProbeBlind"
 
 
-@pytest.fixture
-def alertmanager(tmp_path):
-    """Alertmanager on a free port with the lab's configuration; its URL."""
+@contextlib.contextmanager
+def running_alertmanager(workdir: Path, webhooks_at: str, pages_group_wait: str | None = None) -> Iterator[str]:
+    """Alertmanager on a free port with the lab's configuration, its webhooks sent to
+    ``webhooks_at`` (host:port), and optionally a shorter wait before the first page; its URL."""
     config = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
-    closed = f"127.0.0.1:{free_port()}"
     for receiver in config["receivers"]:
         for webhook in receiver.get("webhook_configs", []):
-            webhook["url"] = urllib.parse.urlsplit(webhook["url"])._replace(netloc=closed).geturl()
-    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+            webhook["url"] = urllib.parse.urlsplit(webhook["url"])._replace(netloc=webhooks_at).geturl()
+    if pages_group_wait:
+        [pages] = [r for r in config["route"]["routes"] if r["receiver"] == "lab-pages"]
+        pages["group_wait"] = pages_group_wait
+    (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     url = f"http://127.0.0.1:{free_port()}"
-    with open(tmp_path / "alertmanager.log", "wb") as log:
+    with open(workdir / "alertmanager.log", "wb") as log:
         process = subprocess.Popen(
             [
                 "prometheus-alertmanager",
-                f"--config.file={tmp_path / 'alertmanager.yml'}",
-                f"--storage.path={tmp_path / 'data'}",
+                f"--config.file={workdir / 'alertmanager.yml'}",
+                f"--storage.path={workdir / 'data'}",
                 f"--web.listen-address={url.removeprefix('http://')}",
                 # A single Alertmanager: no gossip port.
                 "--cluster.listen-address=",
@@ -62,6 +72,49 @@ def alertmanager(tmp_path):
             yield url
         finally:
             stop_process_group(process)
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    """Alertmanager whose webhooks go to a closed port: only its inhibitions are looked at."""
+    with running_alertmanager(tmp_path, f"127.0.0.1:{free_port()}") as url:
+        yield url
+
+
+class Webhooks(ThreadingHTTPServer):
+    """A webhook endpoint that keeps every notification posted to it, with its path."""
+
+    def __init__(self):
+        self.notifications: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.notifications.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture
+def delivering_alertmanager(tmp_path):
+    """Alertmanager delivering to a local webhook endpoint (pages after 2 s rather than 10 s:
+    the grouping is what is looked at); its URL and the endpoint."""
+    webhooks = Webhooks()
+    thread = threading.Thread(target=webhooks.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with running_alertmanager(tmp_path, f"127.0.0.1:{webhooks.server_port}", pages_group_wait="2s") as url:
+            yield url, webhooks
+    finally:
+        webhooks.shutdown()
+        webhooks.server_close()
+        thread.join()
 
 
 def alert(name: str, job: str | None = JOB, **labels: str) -> dict:
@@ -200,3 +253,31 @@ def test_each_slos_fast_burn_page_holds_back_its_own_slow_burn_ticket_only(alert
             ("HvsApiPredictLatencyHigh", JOB, ""): "active",
         },
     )
+
+
+def test_the_critical_alerts_of_one_job_arrive_as_one_page(delivering_alertmanager):
+    """The pages route groups by job: three pages of the API at once are one notification to
+    the pages receiver, and another job's page is another. (A ticket sent with them, on its own
+    route, is no page.)"""
+    url, webhooks = delivering_alertmanager
+    api_pages = ["HvsApiErrorBudgetBurnFast", "HvsApiLatencyBudgetBurnFast", "HvsApiProbeBudgetBurnFast"]
+    send(
+        url,
+        *[alert(name) for name in api_pages],
+        alert("HvsPrometheusRuleFailures", job="prometheus", instance="localhost:9090"),
+        alert("HvsApiHighErrorRate"),
+    )
+
+    def pages() -> list[dict] | None:
+        found = [body for path, body in webhooks.notifications if path == "/alerts/pages"]
+        return found if len(found) >= 2 else None
+
+    delivered = wait_for(pages, 30, "the pages to be delivered")
+    time.sleep(3)  # Anything more that would be sent at once.
+    grouped = sorted(
+        (body["groupLabels"].get("job", ""), sorted(a["labels"]["alertname"] for a in body["alerts"]))
+        for path, body in webhooks.notifications
+        if path == "/alerts/pages"
+    )
+    assert len(delivered) >= 2
+    assert grouped == [("hvs-api", sorted(api_pages)), ("prometheus", ["HvsPrometheusRuleFailures"])]

@@ -13,7 +13,16 @@ import time
 import pytest
 
 from tests.lab import TIME_SCALE, Lab, traffic
-from tests.support import ApiServer, Steps, panel_queries, rule_groups, scrape_problems, seconds, wait_for
+from tests.support import (
+    ApiServer,
+    Steps,
+    panel_queries,
+    rule_groups,
+    samples,
+    scrape_problems,
+    seconds,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +106,33 @@ def test_steady_traffic_is_scraped_from_every_target_and_fires_none_of_the_apis_
     assert all(targets[job] == "down" for job in NOT_RUN_HERE)
     assert [a for a in lab.received_alerts() if a["labels"].get("job") == "hvs-api"] == []
     steps.done("steady")
+
+
+def test_the_predict_probe_succeeds_and_the_api_counts_it_apart_from_users_traffic(lab):
+    """The blackbox exporter's POST to /predict (module hvs_api_predict) is answered with a
+    prediction, and with no user's traffic the API's request and model metrics stand still
+    while its synthetic counter grows: the probe never shows as traffic or predictions."""
+    steps.after("steady")
+    wait_for(
+        lambda: lab.has_data('probe_success{job="hvs-api-probe", module="hvs_api_predict"} == 1'),
+        30,
+        "the /predict probe to succeed",
+    )
+    assert lab.has_data('probe_success{job="hvs-api-probe", module="hvs_api_ready"} == 1')
+
+    def counts() -> tuple[float, float, float]:
+        text = lab.api.metrics()
+        found = samples(text)
+        return (
+            sum(v for n, labels, v in found if n == "hvs_api_synthetic_requests_total" and labels["status"] == "200"),
+            sum(v for n, labels, v in found if n == "flask_http_request_total" and labels["endpoint"] == "/predict"),
+            sum(v for n, _labels, v in found if n == "hvs_api_prediction_outcomes_total"),
+        )
+
+    synthetic, requests, predictions = counts()
+    # The probe runs every scrape interval (1 s here): a few of its requests.
+    wait_for(lambda: counts()[0] >= synthetic + 3, 30, "three more probe requests")
+    assert counts()[1:] == (requests, predictions)
 
 
 def test_an_error_burst_pages_and_the_page_holds_back_the_error_rate_ticket(lab):
