@@ -331,6 +331,27 @@ def test_recorded_increases_tile_time():
     assert tiling >= 4
 
 
+def test_every_mark_is_recorded_after_the_tiles_that_read_it_and_no_deployment_reorders_them():
+    """A long group's tile is a counter less the mark of the evaluation before: the rule that
+    records a mark (``job_instance:...:sum``) must come after every rule of its group that reads it,
+    or a tile reads this evaluation's mark and is 0. Prometheus runs a group's rules in order
+    unless its concurrent-rule-eval feature is on, which orders them by dependency instead (a
+    tile depends on the mark it reads, so the mark would run first): no deployment turns it on."""
+    marked = 0
+    for group in rule_groups():
+        names = [rule.get("record") or rule.get("alert") for rule in group["rules"]]
+        for position, rule in enumerate(group["rules"]):
+            if not re.fullmatch(r"job_instance:[a-z_]+:sum", rule.get("record", "")):
+                continue
+            readers = [i for i, r in enumerate(group["rules"]) if rule["record"] in r["expr"]]
+            assert readers, f"{rule['record']} is read by no rule of {group['name']}"
+            assert all(i < position for i in readers), (group["name"], rule["record"], [names[i] for i in readers])
+            marked += 1
+    assert marked >= 4
+    deployments = [ROOT / "docker-compose.yml", ROOT / "k8s" / "helm-values.yaml", ROOT / "tests" / "lab.py"]
+    assert not [p for p in deployments if "concurrent-rule-eval" in p.read_text()]
+
+
 def test_alertmanager_config_is_valid():
     result = run("amtool", "check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -101,8 +101,11 @@ def test_prometheus_scrapes_the_lab_and_every_rule_is_healthy(lab):
 
     def targets_up():
         body = json.loads(http("GET", prometheus + "/api/v1/targets")[1])
-        health = {t["labels"]["job"]: t["health"] for t in body["data"]["activeTargets"]}
-        return health if all(health.get(job) == "up" for job in jobs) else None
+        # A job may have several targets (the probe asks /ready and /predict): every one is up.
+        health: dict[str, set[str]] = {}
+        for t in body["data"]["activeTargets"]:
+            health.setdefault(t["labels"]["job"], set()).add(t["health"])
+        return health if all(health.get(job) == {"up"} for job in jobs) else None
 
     wait_for(targets_up, 60, f"the {', '.join(jobs)} targets to be up", interval=2)
     # Prometheus 3 fails a scrape without a valid exposition Content-Type (no job sets

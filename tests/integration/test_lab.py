@@ -92,18 +92,21 @@ def test_steady_traffic_is_scraped_from_every_target_and_fires_none_of_the_apis_
     with drive(lab, "SteadyUser") as run:
         wait_for(lambda: lab.has_data('job:hvs_api_prediction_outcomes:rate5m{job="hvs-api"} > 0'), 60, "predictions")
         active = lab.targets()
-        targets = {t["labels"]["job"]: t["health"] for t in active}
+        # One job may have several targets (the probe asks /ready and /predict): keep each's health.
+        targets: dict[str, set[str]] = {}
+        for t in active:
+            targets.setdefault(t["labels"]["job"], set()).add(t["health"])
         # Prometheus 3 fails a scrape without a valid exposition Content-Type: none here does.
         problems = scrape_problems([t for t in active if t["labels"]["job"] not in NOT_RUN_HERE])
     assert run.requests > 0 and run.failures == 0, (run.requests, run.failures)
     assert problems == []
     assert {job: health for job, health in targets.items() if job not in NOT_RUN_HERE} == {
-        "hvs-api": "up",
-        "hvs-api-probe": "up",
-        "prometheus": "up",
-        "alertmanager": "up",
+        "hvs-api": {"up"},
+        "hvs-api-probe": {"up"},
+        "prometheus": {"up"},
+        "alertmanager": {"up"},
     }
-    assert all(targets[job] == "down" for job in NOT_RUN_HERE)
+    assert all(targets[job] == {"down"} for job in NOT_RUN_HERE)
     assert [a for a in lab.received_alerts() if a["labels"].get("job") == "hvs-api"] == []
     steps.done("steady")
 
@@ -189,6 +192,16 @@ def test_a_stopped_api_pages_and_holds_back_the_apis_other_alerts(lab):
     """The job-level HvsApiDown reaches the receiver; the per-instance ticket is inhibited."""
     steps.after("steady")
     wait_for(lambda: probe_budget(lab) is not None, 30, "the probe budget to be recorded")
+    # The outage starts on a quiet API, as in the issue's scenario (good hours, then the
+    # outage): the error burst's page of an earlier test may still fire through its 6h/30m
+    # pair, and Alertmanager would list it again, still firing, in the group's notification
+    # when HvsApiDown resolves; that is the burst's page, not one about this outage.
+    wait_for(
+        lambda: not lab.has_data('ALERTS{job="hvs-api", severity="critical"}'),
+        120,
+        "the API's earlier pages to resolve",
+        interval=2,
+    )
     budget_before = probe_budget(lab)
     lab.api.stop()
     alert = lab.wait_for_delivery("HvsApiDown", 60)
@@ -228,4 +241,5 @@ def test_an_api_back_after_an_outage_pages_nobody_about_it(lab):
         time.sleep(2)
     assert not [a for a in lab.received_alerts() if a["alertname"] == "HvsApiProbeBudgetBurnFast"]
     since = [a for a in lab.received_alerts() if json.dumps(a, sort_keys=True) not in before]
-    assert not [a for a in since if a["route"] == "pages" and a["status"] == "firing"], since
+    paged = [a for a in since if a["route"] == "pages" and a["status"] == "firing"]
+    assert not paged, [(a["alertname"], a["received_at"], a.get("labels")) for a in paged]
