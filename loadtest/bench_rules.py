@@ -389,7 +389,9 @@ def inline_recorded(expr: str, definitions: dict[str, str]) -> str:
     for _ in range(5):  # Records of records of records: deeper than any rule here.
         changed = expr
         for name, definition in definitions.items():
-            selector = re.compile(rf"(?<![\w:]){re.escape(name)}(\s*\{{[^}}]*\}})?(?!\s*\[)(?![\w:])")
+            # Not a range read (``name[1d]``, ``name{...}[1d]``): after the name, with or without
+            # its braces, comes neither "[" nor "{" (or the braces would be left behind).
+            selector = re.compile(rf"(?<![\w:]){re.escape(name)}(\s*\{{[^}}]*\}})?(?!\s*[\[{{])(?![\w:])")
             changed = selector.sub(lambda _, d=definition: f"({d.strip()})", changed)
         if changed == expr:
             return expr
@@ -853,7 +855,7 @@ def backfill_recorded(
     rule_file = workdir / "backfill-rules.yml"
     rule_file.write_text(yaml.safe_dump(document, sort_keys=False))
     log(f"  backfilling {', '.join(sorted(names))} with promtool tsdb create-blocks-from rules")
-    subprocess.run(
+    backfill = subprocess.run(
         [
             "promtool",
             "tsdb",
@@ -866,9 +868,11 @@ def backfill_recorded(
             f"--output-dir={recorded}",
             str(rule_file),
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if backfill.returncode != 0:
+        raise SystemExit(f"promtool could not backfill the recorded series:\n{backfill.stdout}{backfill.stderr}")
     for block in recorded.iterdir():
         if (block / "meta.json").exists():
             block.rename(data / block.name)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from loadtest.bench_rules import BEFORE_COMMIT, JOB, RULES_DIR, Generator, history_inputs, load_groups
+from loadtest.bench_rules import BEFORE_COMMIT, JOB, RULES_DIR, Generator, history_inputs, inline_recorded, load_groups
 from tests.support import ROOT
 
 pytestmark = pytest.mark.integration
@@ -37,6 +37,16 @@ def bench(tmp_path_factory):
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads((folder / "bench-rules.json").read_text()), folder / "kept"
+
+
+def test_inlining_replaces_instant_reads_of_a_record_and_leaves_its_range_reads():
+    """promtool backfills each rule from raw series alone: an instant read of a record is
+    replaced by its expression, a range read (a tile's ``last_over_time(mark{...}[1d])``) is
+    left whole, its braces too, or the backfill fails to parse."""
+    expr = 'a:b:sum{job="x"} - last_over_time(a:b:sum{job="x"}[1d]) + a:b:sum[5m] + a:b:sum'
+    assert inline_recorded(expr, {"a:b:sum": "sum(q)"}) == (
+        '(sum(q)) - last_over_time(a:b:sum{job="x"}[1d]) + a:b:sum[5m] + (sum(q))'
+    )
 
 
 def group_keys(rule_files: dict[str, str]) -> set[str]:
