@@ -18,7 +18,7 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from tests.kube import fullname, grafana_fullname, release_and_namespace, stack_values
-from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, substitute_variables
+from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, seconds, substitute_variables
 
 
 class AlertGroupsOptions:
@@ -76,7 +76,9 @@ USERS_QUERIES = (
     'sum(rate(flask_http_request_total{job="hvs-api", endpoint="/predict"}[1m]))',
     "histogram_quantile(0.95, sum(rate(flask_http_request_duration_seconds_bucket"
     '{job="hvs-api", endpoint="/predict"}[5m])) by (le))',
-    'flask_http_request_total{job="hvs-api", status=~"5.."}',
+    # "Error rates, based on flask_http_request_total{status=~"5.."}": its rate, not the raw
+    # counters, which start again from 0 at every restart.
+    'sum by (endpoint, status) (rate(flask_http_request_total{job="hvs-api", instance=~".*", status=~"5.."}[1m]))',
     'sum(increase(hvs_api_prediction_outcomes_total{job="hvs-api", predicted_label_text="Hazardous"}[5m]))',
 )
 # Each SLO: its bad-event ratio (one series per window), its budget, its remaining budget.
@@ -476,50 +478,154 @@ def test_recorded_series_name_the_labels_they_keep():
             assert rule["record"].split(":")[0] == "_".join(labels), rule["record"]
 
 
-def model_version_annotation(path) -> dict:
-    [annotation] = [a for a in load(path)["annotations"]["list"] if "hvs_model_info" in a.get("expr", "")]
-    return annotation
+# Panels that colour a single value: Grafana's default thresholds (green, red from 80) colour
+# them when a panel sets none, green at 0 targets up or at 100 % errors.
+COLOURED_BY_VALUE = {"stat", "gauge", "bargauge", "state-timeline", "status-history"}
+GRAFANA_DEFAULT_STEPS = [{"color": "green", "value": None}, {"color": "red", "value": 80}]
+RUNBOOK_LINK = re.compile(r"/runbook#([a-z0-9]+)$")
 
 
-@pytest.mark.parametrize("name", ["hvs-api-overview", "hvs-model"])
-def test_model_version_changes_are_annotated(name):
-    annotation = model_version_annotation(ROOT / f"grafana/dashboards/{name}.json")
-    assert annotation["enable"] and annotation["datasource"] == PROMETHEUS_DS
-    assert "{{model_version}}" in annotation["titleFormat"] and annotation["tagKeys"] == "model_version"
+def colour_problem(panel: dict) -> str | None:
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    if defaults.get("color", {}).get("mode") == "fixed":
+        return None
+    steps = defaults.get("thresholds", {}).get("steps")
+    if not steps:
+        return "no thresholds and no fixed colour: Grafana's default green/red-at-80 applies"
+    if steps == GRAFANA_DEFAULT_STEPS:
+        return "Grafana's default thresholds, written out"
+    return None
 
 
-def test_model_version_annotation_marks_a_change_and_a_rollback_but_not_a_restart(tmp_path):
-    """The annotation's query, run by promtool on a promotion, a restart, and a rollback."""
-    expr = substitute_variables(
-        model_version_annotation(ROOT / "grafana/dashboards/hvs-api-overview.json")["expr"], {"job": "hvs-api"}
+def test_every_single_value_panel_colours_on_purpose():
+    problems = [
+        f"{path.stem} / {panel['title']}: {problem}"
+        for path in DASHBOARDS
+        for panel in all_panels(load(path)["panels"])
+        if panel["type"] in COLOURED_BY_VALUE and (problem := colour_problem(panel))
+    ]
+    assert problems == []
+
+
+def test_the_colour_check_catches_a_stat_panel_left_to_the_defaults():
+    assert colour_problem({"type": "stat", "fieldConfig": {"defaults": {"unit": "none"}}})
+    assert colour_problem(
+        {"type": "stat", "fieldConfig": {"defaults": {"thresholds": {"steps": GRAFANA_DEFAULT_STEPS}}}}
     )
-    (tmp_path / "none.yml").write_text("groups: []\n")
-    # Version 1 from the start; version 2 promoted at 30m (1 drops to 0); the API down from 60m to
-    # 75m (longer than the 5-minute lookback), back with version 2 (its workers replaced, version
-    # 1's series gone); version 1 rolled back at 90m.
-    v1 = "1x29 0x29 _x30 1x29"
-    v2 = "_x30 1x29 _x15 1x14 0x29"
-    cases = {0: ["1"], 10: [], 30: ["2"], 45: [], 75: [], 90: ["1"], 110: []}
+
+
+def alert_thresholds() -> dict[str, dict[str, float]]:
+    """For each alert: the constants it compares a series with, ``series > c``, by series name."""
+    found: dict[str, dict[str, float]] = {}
+    for group in rule_groups():
+        for rule in (r for r in group["rules"] if "alert" in r):
+            for name, constant in re.findall(
+                r"([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s*(?:>|<|>=|<=|==)\s*\(?([\d.]+)\)?", rule["expr"]
+            ):
+                found.setdefault(rule["alert"].lower(), {})[name] = float(constant)
+    return found
+
+
+def threshold_disagreements(panel: dict, thresholds: dict[str, dict[str, float]]) -> list[str]:
+    """A panel linked to an alert's runbook that queries a series the alert compares with a
+    constant must have a threshold step at that constant."""
+    steps = {
+        s["value"] for s in panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    }
+    problems = []
+    for link in panel.get("links", []):
+        anchor = RUNBOOK_LINK.search(link.get("url", ""))
+        if not anchor:
+            continue
+        for target in panel.get("targets", []):
+            for name, constant in thresholds.get(anchor.group(1), {}).items():
+                if (
+                    re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", target.get("expr", ""))
+                    and constant not in steps
+                ):
+                    problems.append(
+                        f"{panel['title']}: {name} alerts at {constant}, the panel's steps are {sorted(steps, key=str)}"
+                    )
+    return problems
+
+
+def test_a_panel_linked_to_an_alert_turns_red_where_the_alert_fires():
+    thresholds = alert_thresholds()
+    assert thresholds["hvsapihigherrorrate"]["job:hvs_api_predict_errors:ratio_rate5m"] == 0.05
+    linked = [p for path in DASHBOARDS for p in all_panels(load(path)["panels"]) if p.get("links")]
+    assert linked
+    assert [problem for panel in linked for problem in threshold_disagreements(panel, thresholds)] == []
+    # And the check sees a disagreement.
+    [five_xx] = [p for p in linked if p["title"] == "5xx ratio of /predict (5m)"]
+    wrong = json.loads(json.dumps(five_xx))
+    wrong["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] = 0.1
+    assert threshold_disagreements(wrong, thresholds)
+
+
+# The steps Grafana asks annotations at: range / 100 (2 minutes on a 3-hour view, 5 on 6 to 12
+# hours, 15 on a day), never below the annotation's own step, the scrape interval.
+ANNOTATION_STEPS = ("15s", "2m", "5m", "15m")
+# An info gauge's label values over 2 hours of 15 s samples (sample i at i x 15 s): value 1
+# served from the start, value 2 promoted at 33m15s (1 drops to 0), the API down from 60m15s
+# to 75m (longer than the lookback) and back at 75m15s with 2 (1's series gone), 1 rolled back
+# at 97m30s. Changes off every step's grid, and a restart that is no change.
+INFO_SCENARIO = {
+    "1": "1x132 0x107 _x149 1x90",
+    "2": "_x133 1x107 _x60 1x88 0x90",
+}
+INFO_CHANGES = {0: "1", 133 * 15: "2", 390 * 15: "1"}  # second of the change: the value now served
+
+
+def info_annotations() -> list[tuple[str, dict]]:
+    return [
+        (path.stem, a)
+        for path in DASHBOARDS
+        for a in load(path)["annotations"]["list"]
+        if re.search(r"hvs_model_\w*info\b", a.get("expr", ""))
+    ]
+
+
+def test_the_model_and_runtime_changes_are_annotated_on_the_dashboards_that_show_them():
+    found = {(name, a["tagKeys"]) for name, a in info_annotations()}
+    assert {("hvs-api-overview", "model_version"), ("hvs-model", "model_version"), ("hvs-model", "runtime")} <= found
+    for _, annotation in info_annotations():
+        assert annotation["enable"] and annotation["datasource"] == PROMETHEUS_DS
+        assert f"{{{{{annotation['tagKeys']}}}}}" in annotation["titleFormat"]
+
+
+@pytest.mark.parametrize("step", ANNOTATION_STEPS)
+@pytest.mark.parametrize(
+    ("dashboard", "annotation"), info_annotations(), ids=lambda x: x if isinstance(x, str) else x["name"]
+)
+def test_each_change_is_annotated_exactly_once_at_every_step(tmp_path, dashboard, annotation, step):
+    """The annotation's query, run by promtool at every instant of a step's grid with
+    ``$__interval`` as Grafana substitutes it: true at exactly one instant per promotion and
+    rollback (the first at or after it), and never for a restart."""
+    label = annotation["tagKeys"]
+    metric = re.search(r"hvs_model_\w*info\b", annotation["expr"]).group(0)
+    expr = substitute_variables(annotation["expr"], {"job": "hvs-api"}).replace("$__interval", step)
+    every = seconds(step)
+    expected: dict[int, list[str]] = {t: [] for t in range(0, 120 * 60 + 1, int(every))}
+    for changed_at, value in INFO_CHANGES.items():
+        expected[min(t for t in expected if t >= changed_at)].append(value)
     tests = [
         {
-            "interval": "1m",
+            "interval": "15s",
             "input_series": [
-                {
-                    "series": f'hvs_model_info{{job="hvs-api", instance="api:5001", model_version="{v}"}}',
-                    "values": values,
-                }
-                for v, values in (("1", v1), ("2", v2))
+                {"series": f'{metric}{{job="hvs-api", instance="api:5001", {label}="{v}"}}', "values": values}
+                for v, values in INFO_SCENARIO.items()
             ],
             "promql_expr_test": [
                 {
                     "expr": expr,
-                    "eval_time": f"{minute}m",
-                    "exp_samples": [{"labels": f'{{model_version="{v}"}}', "value": 1} for v in versions],
+                    "eval_time": f"{t}s",
+                    "exp_samples": [{"labels": f'{{{label}="{v}"}}', "value": 1} for v in values],
                 }
-                for minute, versions in cases.items()
+                for t, values in expected.items()
             ],
         }
     ]
+    (tmp_path / "none.yml").write_text("groups: []\n")
     (tmp_path / "annotation.test.yml").write_text(yaml.safe_dump({"rule_files": ["none.yml"], "tests": tests}))
     result = subprocess.run(
         ["promtool", "test", "rules", "annotation.test.yml"], cwd=tmp_path, capture_output=True, text=True
@@ -537,7 +643,7 @@ def test_panel_queries_put_in_every_variables_default():
     for query in panel_queries():
         assert "$" not in query.expr, f"{query.dashboard} / {query.panel}: {query.expr}"
     exprs = {q.expr for q in panel_queries()}
-    assert 'sum(up{job="hvs-api", instance=~".*"})' in exprs
+    assert 'sum(up{job="hvs-api", instance=~".*"}) or vector(0)' in exprs
     assert any('job=~"prometheus|alertmanager|grafana"' in e for e in exprs)
 
 
@@ -548,5 +654,5 @@ def test_only_marked_panels_may_be_empty():
             if (path.stem, panel["title"]) in marked:
                 reason = panel["description"].removeprefix(EXPECTED_EMPTY).split(".")[0].strip()
                 assert len(reason) > 10, f"{panel['title']} must say when it is empty"
-    assert ("hvs-api-overview", "5xx responses") in marked
+    assert ("hvs-api-overview", "5xx responses per second by endpoint and status") in marked
     assert not any(d in {"hvs-model", "hvs-slo"} for d, _ in marked)
