@@ -318,10 +318,12 @@ def test_api_dashboards_filter_by_job_and_instance():
             for target in panel["targets"]:
                 expr = target["expr"]
                 assert "hvs-api" not in expr, f"{path.stem} / {panel['title']}: a fixed job"
-                assert '="$job"' in expr, f"{path.stem} / {panel['title']}: no $job"
+                # The black-box probe's series are its own job's, named after the API's.
+                assert '="$job"' in expr or '="$job-probe"' in expr, f"{path.stem} / {panel['title']}: no $job"
                 users = substitute_variables(expr, {"job": "hvs-api"}) in USERS_QUERIES
                 for metric, matchers in SELECTOR.findall(expr):
-                    raw = ":" not in metric and metric != "ALERTS"
+                    # The probe's instance is the URL it probes, not an API instance.
+                    raw = ":" not in metric and metric != "ALERTS" and '"$job-probe"' not in matchers
                     if raw and not users and "instance" in found:
                         assert 'instance=~"$instance"' in matchers, f"{path.stem} / {panel['title']}: {metric}"
 
@@ -456,7 +458,8 @@ def test_latency_panels_are_over_successful_requests():
 def test_overview_has_red_rows_and_saturation():
     overview = load(ROOT / "grafana/dashboards/hvs-api-overview.json")
     rows = [p["title"].split(":")[0] for p in overview["panels"] if p["type"] == "row"]
-    assert rows == ["Rate", "Errors", "Duration", "Saturation"]
+    # First whether it serves at all, then RED and saturation, then whether its telemetry is whole.
+    assert rows == ["Is it serving? Model, probes and targets", "Rate", "Errors", "Duration", "Saturation", "Telemetry"]
 
 
 def test_every_recording_rule_is_read_by_a_dashboard_or_another_rule():
@@ -514,44 +517,69 @@ def test_the_colour_check_catches_a_stat_panel_left_to_the_defaults():
     )
 
 
-def alert_thresholds() -> dict[str, dict[str, float]]:
-    """For each alert: the constants it compares a series with, ``series > c``, by series name."""
-    found: dict[str, dict[str, float]] = {}
+def alert_thresholds() -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """For each alert: the comparisons of a series with a constant, ``series > c``, by series name."""
+    found: dict[str, dict[str, list[tuple[str, float]]]] = {}
     for group in rule_groups():
         for rule in (r for r in group["rules"] if "alert" in r):
-            for name, constant in re.findall(
-                r"([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s*(?:>|<|>=|<=|==)\s*\(?([\d.]+)\)?", rule["expr"]
+            for name, operator, constant in re.findall(
+                r"([a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s*(>=|<=|==|>|<)\s*(\([\d.\s*/]+\)|[\d.]+)", rule["expr"]
             ):
-                found.setdefault(rule["alert"].lower(), {})[name] = float(constant)
+                # A constant written as a product, (14.4 * 0.005): its value.
+                value = 1.0
+                for factor in constant.strip("()").split("*"):
+                    value *= float(factor)
+                found.setdefault(rule["alert"].lower(), {}).setdefault(name, []).append((operator, value))
     return found
 
 
-def threshold_disagreements(panel: dict, thresholds: dict[str, dict[str, float]]) -> list[str]:
-    """A panel linked to an alert's runbook that queries a series the alert compares with a
-    constant must have a threshold step at that constant."""
-    steps = {
-        s["value"] for s in panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
-    }
+def colour_at(steps: list[dict], value: float) -> str:
+    """The colour Grafana gives ``value``: that of the last step at or below it."""
+    colour = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            colour = step["color"]
+    return colour
+
+
+def threshold_disagreements(panel: dict, thresholds: dict[str, dict[str, list[tuple[str, float]]]]) -> list[str]:
+    """A panel with thresholds, linked to an alert's runbook, that queries a series the alert
+    compares with a constant: red exactly where the alert's comparison holds, next to it."""
+    steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    if not steps:
+        return []
     problems = []
     for link in panel.get("links", []):
         anchor = RUNBOOK_LINK.search(link.get("url", ""))
         if not anchor:
             continue
         for target in panel.get("targets", []):
-            for name, constant in thresholds.get(anchor.group(1), {}).items():
-                if (
-                    re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", target.get("expr", ""))
-                    and constant not in steps
-                ):
+            for name, comparisons in thresholds.get(anchor.group(1), {}).items():
+                if not re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", target.get("expr", "")):
+                    continue
+                # The series divided by a budget (a burn rate) is another panel's scale.
+                if re.search(rf"{re.escape(name)}(?:\{{[^}}]*\}})?\s*/", target["expr"]):
+                    continue
+                [(operator, constant), *_] = comparisons
+                # A value just inside the alert's condition is red, one just outside is not.
+                near = max(abs(constant) * 1e-6, 1e-9)
+                inside, outside = {
+                    ">": (constant + near, constant - near),
+                    ">=": (constant, constant - near),
+                    "<": (constant - near, constant + near),
+                    "<=": (constant, constant + near),
+                    "==": (constant, constant + 1),
+                }[operator]
+                if colour_at(steps, inside) != "red" or colour_at(steps, outside) == "red":
                     problems.append(
-                        f"{panel['title']}: {name} alerts at {constant}, the panel's steps are {sorted(steps, key=str)}"
+                        f"{panel['title']}: {name} {operator} {constant} alerts, the panel's steps are {steps}"
                     )
     return problems
 
 
 def test_a_panel_linked_to_an_alert_turns_red_where_the_alert_fires():
     thresholds = alert_thresholds()
-    assert thresholds["hvsapihigherrorrate"]["job:hvs_api_predict_errors:ratio_rate5m"] == 0.05
+    assert thresholds["hvsapihigherrorrate"]["job:hvs_api_predict_errors:ratio_rate5m"] == [(">", 0.05)]
     linked = [p for path in DASHBOARDS for p in all_panels(load(path)["panels"]) if p.get("links")]
     assert linked
     assert [problem for panel in linked for problem in threshold_disagreements(panel, thresholds)] == []
@@ -560,6 +588,97 @@ def test_a_panel_linked_to_an_alert_turns_red_where_the_alert_fires():
     wrong = json.loads(json.dumps(five_xx))
     wrong["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] = 0.1
     assert threshold_disagreements(wrong, thresholds)
+
+
+PROMQL_WORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan"}
+
+
+def series_names(expr: str) -> set[str]:
+    """The series an expression reads: its names outside strings, label matchers, grouping
+    clauses and function calls."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = re.findall(r"(?<![\w:.])([a-zA-Z_:][\w:]*)(?![\w:])(?!\s*\()", expr)
+    return {n for n in names if n not in PROMQL_WORDS}
+
+
+def test_series_names_are_the_series_not_the_functions_or_labels():
+    assert series_names('sum by (job) (rate(flask_http_request_total{job="x"}[5m])) > 0.05 and on (job) up == 1') == {
+        "flask_http_request_total",
+        "up",
+    }
+
+
+def panels_showing(alert: dict) -> list[str]:
+    """The panels that link to the alert's runbook section and query one of the series it reads
+    (``vector(1)``, the Watchdog, reads none: its link alone)."""
+    url = alert["annotations"]["runbook_url"]
+    reads = series_names(alert["expr"])
+    found = []
+    for path in DASHBOARDS:
+        for panel in all_panels(load(path)["panels"]):
+            if url not in {link.get("url") for link in panel.get("links", [])}:
+                continue
+            shown = set().union(*(series_names(t.get("expr", "")) for t in panel.get("targets", [])))
+            if not reads or reads & shown:
+                found.append(f"{path.stem} / {panel['title']}")
+    return found
+
+
+def test_every_alert_has_a_panel_that_shows_what_it_fires_on_with_its_runbook():
+    alerts = {rule["alert"]: rule for group in rule_groups() for rule in group["rules"] if "alert" in rule}
+    assert len(alerts) >= 25
+    assert [name for name, alert in alerts.items() if not panels_showing(alert)] == []
+    # A link to the runbook on a panel that shows none of the alert's series does not count.
+    down = alerts["HvsApiDown"]
+    assert not series_names(down["expr"]) & series_names("sum(rate(flask_http_request_total[5m]))")
+
+
+def test_navigation_keeps_the_variables_and_the_time_and_finds_the_apis_own_job():
+    for path in DASHBOARDS:
+        dashboard = load(path)
+        for link in dashboard.get("links", []):
+            assert link.get("includeVars") and link.get("keepTime"), (path.stem, link)
+    for path in api_dashboards():
+        found = variables(load(path))
+        # The API's own model gauge: app_info comes with every prometheus-flask-exporter app.
+        assert found["job"]["query"] == "label_values(hvs_model_loaded, job)", path.stem
+        if "instance" in found:
+            # Kubernetes' pods, and the instances of the pods chosen.
+            assert found["pod"]["query"] == 'label_values(up{job="$job"}, pod)', path.stem
+            assert found["pod"]["includeAll"] and found["pod"]["allValue"] == ".*"
+            assert "$pod" in found["instance"]["query"], path.stem
+    # The SLO dashboard opens on a range that holds its 1-day and 3-day windows.
+    slo = load(ROOT / "grafana/dashboards/hvs-slo.json")
+    assert slo["time"]["to"] == "now" and seconds(slo["time"]["from"].removeprefix("now-")) >= seconds("3d")
+
+
+def test_every_container_query_keeps_to_the_lab_and_saturation_is_shown_whole():
+    """cAdvisor sees every container on the host (every Compose project) and kubelet every
+    namespace: each container query keeps to this lab's. And the USE method's saturation
+    signals of the API are each on a panel."""
+    resources = load(ROOT / "grafana/dashboards/hvs-resources.json")
+    unscoped = [
+        f"{path.stem} / {panel['title']}"
+        for path in DASHBOARDS
+        for panel in query_panels(load(path))
+        for target in panel["targets"]
+        if re.search(r"\b(container|kube)_\w+\{", target["expr"])
+        and not re.search(r'(\$scope_label|namespace)=~"\$scope"', target["expr"])
+    ]
+    assert unscoped == []
+    shown = set().union(*(series_names(t["expr"]) for p in query_panels(resources) for t in p["targets"]))
+    assert {
+        "container_spec_cpu_quota",  # CPU against the limit
+        "container_spec_cpu_shares",  # and the request
+        "container_cpu_cfs_throttled_periods_total",
+        "container_spec_memory_limit_bytes",
+        "container_start_time_seconds",  # restarts
+        "container_oom_events_total",
+        "kube_horizontalpodautoscaler_spec_max_replicas",
+        "hvs_api_connections_capacity",
+    } <= shown
 
 
 # The steps Grafana asks annotations at: range / 100 (2 minutes on a 3-hour view, 5 on 6 to 12

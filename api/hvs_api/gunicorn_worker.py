@@ -43,6 +43,13 @@ CONNECTIONS = Gauge(
     "Client connections the API's workers hold open: being read, served, or idle between requests",
     multiprocess_mode="livesum",
 )
+# What the gauge above is measured against: each live worker's worker_connections, summed, so
+# a panel can draw open connections against what the workers can hold.
+CAPACITY = Gauge(
+    "hvs_api_connections_capacity",
+    "Client connections the API's live workers can hold open at most (worker_connections per worker, summed)",
+    multiprocess_mode="livesum",
+)
 
 
 def discard_unread_body(body, limit: int = DISCARD_LIMIT_BYTES, seconds: float = DISCARD_SECONDS) -> bool:
@@ -69,6 +76,7 @@ class SlowClientSafeWorker(GeventWorker):
         # and workers inherit it (gevent's worker would patch again, and warn that it did).
         # The listening sockets came from the master as gunicorn's wrappers: serve them through gevent.
         self.sockets = [socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]
+        CAPACITY.set(self.worker_connections)
 
     def handle(self, listener, client, addr):
         # GeventWorker.handle would make the socket blocking without a timeout: a client that

@@ -83,6 +83,8 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Hazardous") == 2
     assert metric_value(text, "app_info", version="1.0.0") == 1
     assert metric_value(text, "hvs_model_loaded") == 1
+    # Two live workers of worker_connections (api/gunicorn.conf.py) each.
+    assert metric_value(text, "hvs_api_connections_capacity") == 2 * 1000
 
     lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     problems = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
