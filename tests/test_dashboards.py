@@ -375,16 +375,46 @@ def test_monitoring_stack_panels_find_their_jobs_under_compose_and_kube_promethe
             assert CHART_JOBS[component] in variable["description"]
 
 
+def kubernetes_alertmanager_datasources(values: dict) -> list[dict]:
+    """The Alertmanager datasources Grafana gets under kube-prometheus-stack: the chart's own
+    (sidecar.datasources.alertmanager, rendered by templates/grafana/configmaps-datasources.yaml
+    at its Alertmanager Service) and any added by hand."""
+    grafana = values["grafana"]
+    found = [d for d in grafana.get("additionalDataSources") or [] if d.get("type") == "alertmanager"]
+    sidecar = grafana["sidecar"]["datasources"]
+    chart = sidecar.get("alertmanager", {})
+    if sidecar.get("enabled") and chart.get("enabled") and values["alertmanager"].get("enabled", True):
+        service = f"{fullname(_RELEASE, values)}-alertmanager.{release_and_namespace()[1]}"
+        found.append(
+            {
+                "name": chart["name"],
+                "uid": chart["uid"],
+                "type": "alertmanager",
+                "url": f"http://{service}:{values['alertmanager']['service']['port']}/",
+                "jsonData": {"implementation": chart.get("implementation")},
+            }
+        )
+    return found
+
+
 def test_alert_list_reads_the_provisioned_alertmanager_in_compose_and_kubernetes():
     [panel] = [p for path in DASHBOARDS for p in load(path)["panels"] if p["type"] == "alertGroups"]
     name = panel["options"]["alertmanager"]  # Grafana names an Alertmanager source by its datasource name.
     [compose] = [d for d in PROVISIONED if d["name"] == name]
-    [helm] = [d for d in HELM_VALUES["grafana"]["additionalDataSources"] if d["name"] == name]
+    # Exactly one in Kubernetes: the chart's own, through its own setting.
+    [helm] = kubernetes_alertmanager_datasources(_VALUES)
     for datasource in (compose, helm):
+        assert datasource["name"] == name
         assert datasource["type"] == "alertmanager" and datasource["jsonData"]["implementation"] == "prometheus"
     assert compose["url"] == "http://alertmanager:9093"
-    assert helm["url"] == "http://prometheus-kube-prometheus-alertmanager.monitoring:9093"
+    assert helm["url"] == "http://prometheus-kube-prometheus-alertmanager.monitoring:9093/"
     assert helm["uid"] == compose["uid"]
+    # A second, added by hand beside the chart's, is caught.
+    doubled = {
+        **_VALUES,
+        "grafana": {**_VALUES["grafana"], "additionalDataSources": [{**compose, "uid": "alertmanager"}]},
+    }
+    assert len(kubernetes_alertmanager_datasources(doubled)) == 2
 
 
 def panels_reading(series: str):
