@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
     )
     os.environ["MLRUNS_DIR"] = str(mlruns)
-    from hvs_api import data, model, store
+    import hvs_store as store
+
+    from hvs_api import data, model
 
     champion = model.load(model.model_uri_from_env({}), "auto")
     champion_sklearn = model.load(model.model_uri_from_env({}), "sklearn")

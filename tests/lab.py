@@ -164,7 +164,7 @@ class Lab:
         self.processes.append(
             Process(
                 "alert-receiver",
-                [sys.executable, "-m", "hvs_api.alert_receiver"],
+                [sys.executable, "-m", "hvs_alert_receiver"],
                 self.workdir / "alert-receiver.log",
                 {
                     "HOST": "127.0.0.1",

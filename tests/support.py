@@ -512,7 +512,7 @@ def environment_restored(*names: str):
 
 def run_id_of(mlruns: Path, candidate: str) -> str:
     """The id of the training run of one candidate in a store."""
-    from hvs_api import store
+    import hvs_store as store
 
     with environment_restored("MLRUNS_DIR", *MLFLOW_URI_VARIABLES):
         os.environ["MLRUNS_DIR"] = str(mlruns)
@@ -520,3 +520,16 @@ def run_id_of(mlruns: Path, candidate: str) -> str:
         experiment = client.get_experiment_by_name(store.EXPERIMENT).experiment_id
         [run] = client.search_runs([experiment], f"attributes.run_name = '{candidate}'")
         return run.info.run_id
+
+
+# The API's own packages and its heavy dependencies: what the other deployables (the alert
+# receiver, the MLflow UI with the store's plugin) must not load.
+THE_APIS_MODULES = ("flask", "sklearn", "prometheus_flask_exporter", "hvs_api")
+
+
+def modules_of_the_api_loaded_by(statement: str) -> list[str]:
+    """Which of THE_APIS_MODULES a fresh interpreter has loaded after running ``statement``."""
+    probe = f"import sys; {statement}; print(' '.join({{m.split('.')[0] for m in sys.modules}}))"
+    result = subprocess.run([sys.executable, "-W", "error", "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(result.stdout.split())
+    return [m for m in THE_APIS_MODULES if m in loaded]

@@ -138,7 +138,7 @@ def listening_port(service: dict) -> int:
     command, name = run_command(service), program(service)
     env = image_env(target=service["build"]["target"]) if "build" in service else {}
     env.update({key: str(value) for key, value in service.get("environment", {}).items()})
-    if name in ("gunicorn", "hvs_api.alert_receiver"):
+    if name in ("gunicorn", "hvs_alert_receiver"):
         # gunicorn.conf.py binds to PORT, and the alert receiver listens on it.
         return int(env["PORT"])
     if name == "mlflow":
@@ -167,7 +167,7 @@ DEBIAN_BINARIES = {
 # The paths each program answers only when it is up (and, where it has one, ready).
 HEALTH_PATHS = {
     "gunicorn": {"/ready", "/health"},
-    "hvs_api.alert_receiver": {"/health"},
+    "hvs_alert_receiver": {"/health"},
     "mlflow": {"/health"},
     "prometheus": {"/-/ready", "/-/healthy"},
     "alertmanager": {"/-/ready", "/-/healthy"},

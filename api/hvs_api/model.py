@@ -16,12 +16,12 @@ import logging
 import os
 from dataclasses import dataclass
 
+import hvs_store as store
 import numpy as np
+from hvs_store import BASELINE_METRIC, CHAMPION_ALIAS, MODEL_NAME
 
 from hvs_api import runtime as runtimes
-from hvs_api import store
 from hvs_api.features import FEATURE_NAMES
-from hvs_api.store import BASELINE_METRIC, CHAMPION_ALIAS, MODEL_NAME
 
 log = logging.getLogger(__name__)
 

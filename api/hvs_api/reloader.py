@@ -15,8 +15,9 @@ import logging
 import os
 import threading
 
+import hvs_store as store
+
 from hvs_api import model as model_loading
-from hvs_api import store
 from hvs_api.metrics import ApiMetrics
 from hvs_api.state import ModelState
 

@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import hvs_store as store
 import numpy as np
 import pandas as pd
 import sklearn
 import skops
 import skops.io
+from hvs_store import BASELINE_METRIC, CHAMPION_ALIAS, EXPERIMENT, MODEL_NAME
 from sklearn.base import ClassifierMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -34,9 +36,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hvs_api import data, store
+from hvs_api import data
 from hvs_api.features import FEATURE_NAMES, LABELS
-from hvs_api.store import BASELINE_METRIC, CHAMPION_ALIAS, EXPERIMENT, MODEL_NAME
 
 F1_TOLERANCE = 0.01
 

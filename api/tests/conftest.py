@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import thread as futures_thread
 from pathlib import Path
 
+import hvs_store as store
 import pytest
 from flask import Flask
 
-from hvs_api import create_app, model, store, train
+from hvs_api import create_app, model, train
 from tests.support import HAZARDOUS, MLFLOW_URI_VARIABLES, NORMAL, environment_restored
 
 # Small enough to train in seconds, large enough for every candidate to learn the rule.

@@ -5,11 +5,19 @@ import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
+import hvs_alert_receiver as alert_receiver
 import pytest
 import yaml
 
-from hvs_api import alert_receiver
-from tests.support import ROOT, seconds
+from tests.support import ROOT, modules_of_the_api_loaded_by, seconds
+
+
+def test_the_receiver_imports_nothing_of_the_api():
+    """A deployable of its own: the standard library and markdown, none of the API."""
+    assert modules_of_the_api_loaded_by("import hvs_alert_receiver") == []
+    # The check sees the API when it is loaded.
+    assert "flask" in modules_of_the_api_loaded_by("import hvs_api")
+
 
 NOTIFICATION = {
     "receiver": "lab-pages",

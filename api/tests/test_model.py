@@ -1,8 +1,9 @@
 import shutil
 
+import hvs_store as store
 import pytest
 
-from hvs_api import model, store
+from hvs_api import model
 
 
 def test_lookup_order():

@@ -1,8 +1,9 @@
 import shutil
 
+import hvs_store as store
 import pytest
 
-from hvs_api import model, store, train
+from hvs_api import model, train
 from hvs_api.train import Result, pick_champion
 
 

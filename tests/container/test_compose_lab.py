@@ -10,9 +10,9 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import yaml
+from hvs_store import MODEL_NAME
 from selenium.webdriver.common.by import By
 
-from hvs_api.store import MODEL_NAME
 from tests.container.browser import page_shows, text
 from tests.container.compose import compose_default, failure, services
 from tests.container.engine import standin_label

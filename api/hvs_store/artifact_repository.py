@@ -1,4 +1,4 @@
-"""MLflow artifact repository for ``hvs-store:/`` locations (see ``hvs_api.store``).
+"""MLflow artifact repository for ``hvs-store:/`` locations (see ``hvs_store``).
 
 MLflow imports this module through the ``mlflow.artifact_repository`` entry point while
 it builds its registry, so it must not be imported by a module MLflow itself imports.
@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-from hvs_api.store import store_root
+from hvs_store import store_root
 
 
 class StoreRelativeArtifactRepository(LocalArtifactRepository):

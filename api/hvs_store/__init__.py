@@ -5,7 +5,7 @@ registry) and ``artifacts/``. MLflow writes every artifact location into the dat
 and turns local paths into absolute ones, so a store written on the host would point at
 host paths inside the container and the other way round. Instead, the experiment's
 artifact root is ``hvs-store:/artifacts``, a URI that this module's artifact repository
-(``hvs_api.artifact_repository``, registered with MLflow through an entry point in
+(``hvs_store.artifact_repository``, registered with MLflow through an entry point in
 pyproject.toml) resolves against the folder that holds the database in use. Reads and
 writes then land in the same folder wherever it is mounted.
 """
