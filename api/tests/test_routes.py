@@ -175,14 +175,20 @@ def test_openapi_describes_the_features_and_limits(client):
     assert set(document["paths"]) == {"/predict", "/health", "/ready"}
 
 
-def test_errors_never_leak_a_stack_trace(champion, make_app, payloads):
+def exploding_client(champion, make_app, message: str):
+    """A test client of an app whose model raises ``RuntimeError(message)`` on every prediction."""
+
     class Exploding:
         def predict_proba(self, x):
-            raise RuntimeError("secret internals")
+            raise RuntimeError(message)
 
     exploding = Exploding()
     broken = dataclasses.replace(champion, estimator=exploding, runtime=runtime.sklearn_runtime(exploding))
-    client = make_app({"TESTING": False, "MODEL": broken}).test_client()
+    return make_app({"TESTING": False, "MODEL": broken}).test_client()
+
+
+def test_errors_never_leak_a_stack_trace(champion, make_app, payloads):
+    client = exploding_client(champion, make_app, "secret internals")
     response = client.post("/predict", json=payloads["Normal"])
     assert response.status_code == 500
     assert response.json == {"error": "internal_error", "message": "the server failed to handle the request"}
@@ -262,13 +268,7 @@ def test_a_synthetic_request_that_is_refused_counts_only_as_synthetic(client):
 
 
 def test_a_synthetic_request_that_raises_is_counted_as_a_500(champion, make_app):
-    class Exploding:
-        def predict_proba(self, x):
-            raise RuntimeError("broken")
-
-    exploding = Exploding()
-    broken = dataclasses.replace(champion, estimator=exploding, runtime=runtime.sklearn_runtime(exploding))
-    client = make_app({"TESTING": False, "MODEL": broken}).test_client()
+    client = exploding_client(champion, make_app, "broken")
     headers, body = probe_request()
     assert client.post("/predict", data=body, headers=headers).status_code == 500
     assert sample(client, "hvs_api_synthetic_requests_total", status="500") == 1
