@@ -51,6 +51,7 @@ import yaml
 from hvs_api.features import LABELS
 from hvs_api.metrics import INFERENCE_BUCKETS, REQUEST_BUCKETS
 from hvs_api.schema import INVALID_REASONS
+from loadtest import prometheus_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = "prometheus/rules"
@@ -106,22 +107,9 @@ def log(message: str) -> None:
 
 # --- Durations ------------------------------------------------------------------------------
 
-UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a Prometheus duration such as ``30d`` or ``1h30m``."""
-    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(int(n) * UNITS[u] for n, u in parts)
-
-
-def duration_text(seconds: float) -> str:
-    for unit in ("d", "h", "m"):
-        if seconds >= UNITS[unit] and seconds % UNITS[unit] == 0:
-            return f"{int(seconds // UNITS[unit])}{unit}"
-    return f"{seconds:g}s"
+# Prometheus's format, parsed in one place (loadtest/prometheus_duration.py).
+duration_seconds = prometheus_duration.seconds
+duration_text = prometheus_duration.text
 
 
 # --- Synthetic series -----------------------------------------------------------------------
