@@ -44,9 +44,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 2
 # The API's default worker class (gunicorn.conf.py's WORKER_CLASS), and the row that measures it
 # against gunicorn's sync workers.
@@ -84,31 +85,28 @@ def free_port() -> int:
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (a process that exits meanwhile is left out)."""
     try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):  # It exited while being read.
+        return [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # It exited while being read.
         return []
-    return [pid] + [p for child in children for p in process_tree(child)]
 
 
 def cpu_seconds(pids: list[int], reaped_children: bool = False) -> float:
     """CPU time of the processes (utime, stime), with that of the children they have reaped
     (cutime, cstime) when asked; a process that has exited meanwhile counts nothing."""
-    total = 0
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
             continue
-        total += sum(int(f) for f in fields[11 : 15 if reaped_children else 13])
-    return total / CLOCK_TICKS
+        total += times.user + times.system
+        if reaped_children:
+            total += times.children_user + times.children_system
+    return total
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -302,13 +303,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _socket_fds(pid: int) -> list[str]:
-    """What the file descriptors of process ``pid`` point to (``socket:[inode]`` for sockets)."""
-    links = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(FileNotFoundError):
-            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return links
+def _tcp_connections(pid: int) -> list:
+    """The TCP connections process ``pid`` holds (psutil's: local and remote address, status)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return psutil.Process(pid).net_connections(kind="tcp")
+    return []
 
 
 @dataclass
@@ -357,38 +356,26 @@ class ApiServer:
         return answers_200(self.url + path)
 
     def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return sorted(int(pid) for pid in children)
+        return sorted(child.pid for child in psutil.Process(self.process.pid).children())
 
     def worker_holding(self, client: socket.socket) -> int | None:
         """The pid of the worker that has accepted ``client``'s connection, or None (yet)."""
         client_port = client.getsockname()[1]
-        inode = None
-        for remote_port, _, socket_inode in self._server_side_sockets():
-            if remote_port == client_port:
-                inode = socket_inode
-        if inode in (None, "0"):  # Still in the listen queue: no process holds it.
-            return None
+        # A connection still in the listen queue is held by no process yet.
         for pid in self.worker_pids():
-            with contextlib.suppress(FileNotFoundError):
-                if f"socket:[{inode}]" in _socket_fds(pid):
-                    return pid
+            if any(self._from_client(c, client_port) for c in _tcp_connections(pid)):
+                return pid
         return None
 
     def connections_held_by(self, pid: int) -> int:
         """How many client connections to the server's port the process ``pid`` holds open."""
-        established = {f"socket:[{inode}]" for _, state, inode in self._server_side_sockets() if state == "01"}
-        return sum(link in established for link in _socket_fds(pid))
+        return sum(self._from_client(c) and c.status == psutil.CONN_ESTABLISHED for c in _tcp_connections(pid))
 
-    def _server_side_sockets(self) -> list[tuple[int, str, str]]:
-        """``(client port, TCP state, socket inode)`` of the server's end of each connection to its port."""
-        found = []
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port, remote_port = (int(address.split(":")[1], 16) for address in fields[1:3])
-            if local_port == self.port:
-                found.append((remote_port, fields[3], fields[9]))
-        return found
+    def _from_client(self, connection, client_port: int | None = None) -> bool:
+        """Whether a connection is the server's end of one from a client (that client's, if given)."""
+        if not connection.raddr or connection.laddr.port != self.port:
+            return False
+        return client_port is None or connection.raddr.port == client_port
 
     def kill_worker(self, victim: int | None = None) -> int:
         """SIGKILL one worker (by default the oldest) and wait until the master has replaced it;

@@ -6,8 +6,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
+import psutil
 import pytest
 
 from hvs_api.metrics_files import ARCHIVE, FOLDABLE
@@ -91,13 +91,9 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
     assert problems == [], problems
 
 
-def cpu_ticks_by_thread(pid: int) -> dict[int, int]:
-    """User plus system CPU time of each thread of a process, in clock ticks."""
-    ticks = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks
+def cpu_seconds_by_thread(pid: int) -> dict[int, float]:
+    """User plus system CPU time of each thread of a process (psutil reads it from /proc), in seconds."""
+    return {thread.id: thread.user_time + thread.system_time for thread in psutil.Process(pid).threads()}
 
 
 def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
@@ -109,13 +105,13 @@ def test_each_worker_runs_inference_on_one_thread(trained_mlruns, start_api):
     """
     env = {"BEST_MLFLOW_RUN_ID": run_id_of(trained_mlruns, "hist_gradient_boosting_small"), "MODEL_RELOAD_SECONDS": "0"}
     server = start_api(trained_mlruns, workers=2, extra_env=env)
-    before = {pid: cpu_ticks_by_thread(pid) for pid in server.worker_pids()}
+    before = {pid: cpu_seconds_by_thread(pid) for pid in server.worker_pids()}
     with connections_to_each_worker(server) as connections:
         for _ in range(15):
             for sock in connections.values():
                 assert request_on(sock, "POST", "/predict", {"records": [NORMAL] * 1000})[0] == 200
     for pid, ticks in before.items():
-        busy = {tid for tid, spent in cpu_ticks_by_thread(pid).items() if spent > ticks.get(tid, 0)}
+        busy = {tid for tid, spent in cpu_seconds_by_thread(pid).items() if spent > ticks.get(tid, 0)}
         assert busy == {pid}, f"worker {pid}: threads {sorted(busy)} did the predictions' work, not its main one alone"
 
 
