@@ -8,6 +8,7 @@ The chart's decisions are modelled in tests/kube.py from its templates; k8s/kind
 checks the same claims in a real cluster.
 """
 
+import json
 import os
 import re
 import shlex
@@ -30,10 +31,12 @@ from tests.kube import (
     chart_defaults,
     chart_services,
     crd_problems,
+    fullname,
     grafana_secret,
     helm_install,
     kustomize,
     matches,
+    merged,
     namespace_matches,
     one,
     operator_alertmanager_config,
@@ -52,6 +55,10 @@ from tests.support import ROOT, seconds
 STACK_VALUES = [K8S / "helm-values.yaml", K8S / "helm-values-alerting.yaml", K8S / "helm-values-docker-desktop.yaml"]
 METRICS_SERVER_VALUES = K8S / "metrics-server-values.yaml"
 SCRIPTS = [K8S / "install-stack.sh", K8S / "deploy.sh", K8S / "kind-smoke.sh"]
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+COMPOSE_DATASOURCES = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())[
+    "datasources"
+]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS, ids=lambda p: p.name)
@@ -139,6 +146,119 @@ def test_the_grafana_password_is_not_set_in_the_values(values):
     for path in STACK_VALUES:
         assert "adminPassword" not in (yaml.safe_load(path.read_text()).get("grafana") or {}), path.name
     assert values["grafana"].get("adminPassword") is None and not values["grafana"]["admin"]["existingSecret"]
+
+
+# --- Grafana's datasources -------------------------------------------------------------------
+
+
+def grafana_datasources(values: dict, stack: tuple[str, str]) -> list[dict]:
+    """The datasources Grafana provisions under the chart, as the pinned chart's
+    templates/grafana/configmaps-datasources.yaml renders them (its sidecar's Prometheus and
+    Alertmanager, then additionalDataSources and additionalDataSourcesString), plus the grafana
+    subchart's own `datasources` files: every way a values file can add one. The template is not
+    vendored; this follows it at the commit k8s/vendor/SOURCES.yaml names."""
+    release, namespace = stack
+    grafana = values["grafana"]
+    sidecar = grafana["sidecar"]["datasources"]
+    found = []
+    if (grafana["enabled"] and sidecar["enabled"]) or grafana["forceDeployDatasources"]:
+        base = fullname(release, values)
+        if sidecar["defaultDatasourceEnabled"]:
+            found.append({"name": sidecar["name"], "uid": sidecar["uid"], "type": "prometheus"})
+        # Whether or not the chart deploys an Alertmanager: the template does not look.
+        chart = sidecar["alertmanager"]
+        if chart["enabled"]:
+            alertmanager = values["alertmanager"]
+            prefix = alertmanager["alertmanagerSpec"]["routePrefix"].lstrip("/")
+            default_url = f"http://{base}-alertmanager.{namespace}:{alertmanager['service']['port']}/{prefix}"
+            found.append(
+                {
+                    "name": chart["name"],
+                    "uid": chart["uid"],
+                    "type": "alertmanager",
+                    "url": chart.get("url") or default_url,
+                    "jsonData": {
+                        "handleGrafanaManagedAlerts": chart["handleGrafanaManagedAlerts"],
+                        "implementation": chart["implementation"],
+                    },
+                }
+            )
+        found += grafana["additionalDataSources"] or []
+        found += yaml.safe_load(grafana["additionalDataSourcesString"] or "[]") or []
+    for provisioning in (grafana["datasources"] or {}).values():
+        found += provisioning.get("datasources") or []
+    return found
+
+
+def alert_list_panels() -> list[dict]:
+    return [p for path in DASHBOARDS for p in json.loads(path.read_text())["panels"] if p["type"] == "alertGroups"]
+
+
+def alertmanager_datasource_problems(values: dict, stack: tuple[str, str]) -> list[str]:
+    """What keeps Grafana from having exactly one Alertmanager datasource, the chart's, named as
+    the alert list reads it (Grafana names an Alertmanager source by its datasource name) and
+    with Compose's name and uid, so that the same dashboard files work in both."""
+    found = [d for d in grafana_datasources(values, stack) if d["type"] == "alertmanager"]
+    if len(found) != 1:
+        return [f"{len(found)} Alertmanager datasources: {[(d['name'], d.get('uid')) for d in found]}"]
+    [datasource] = found
+    chart = values["grafana"]["sidecar"]["datasources"]["alertmanager"]
+    problems = []
+    if not chart["enabled"] or (datasource["name"], datasource["uid"]) != (chart["name"], chart["uid"]):
+        problems.append(f"not the chart's own: {datasource['name']}")
+    problems += [
+        f"the alert list reads {p['options']['alertmanager']}"
+        for p in alert_list_panels()
+        if p["options"]["alertmanager"] != datasource["name"]
+    ]
+    [compose] = [d for d in COMPOSE_DATASOURCES if d["type"] == "alertmanager"]
+    if (datasource["name"], datasource["uid"]) != (compose["name"], compose["uid"]):
+        problems.append(f"name and uid {datasource['name']}, {datasource['uid']}, not Compose's")
+    if datasource.get("jsonData") != {k: compose["jsonData"].get(k) for k in datasource.get("jsonData") or {}}:
+        problems.append(f"jsonData {datasource.get('jsonData')}, not Compose's")
+    # At the chart's Alertmanager Service, on its port.
+    port = values["alertmanager"]["service"]["port"]
+    services = {f"http://{name}.{ns}:{port}/" for ns, name in chart_services(*stack, values) if "alertmanager" in name}
+    if datasource.get("url") not in services:
+        problems.append(f"url {datasource.get('url')}")
+    return problems
+
+
+def test_grafana_gets_one_alertmanager_datasource_the_charts_named_as_the_dashboards_read_it(values, stack):
+    """The chart provisions an Alertmanager datasource of its own (sidecar.datasources.alertmanager):
+    one added by hand beside it (additionalDataSources) would be a second with the same name and
+    uid, so the values set the chart's instead."""
+    assert alertmanager_datasource_problems(values, stack) == []
+    # The alert list it is checked against is there (the name check would pass on none).
+    assert alert_list_panels()
+
+
+def test_the_datasource_check_catches_a_second_alertmanager_none_and_another_name_or_uid(values, stack):
+    def problems(grafana: dict) -> list[str]:
+        return alertmanager_datasource_problems(merged(values, {"grafana": grafana}), stack)
+
+    # The one the values used to add beside the chart's, by each of the three ways in.
+    by_hand = {"name": "Alertmanager", "uid": "alertmanager", "type": "alertmanager", "url": "http://am:9093"}
+    two = ["2 Alertmanager datasources: [('Alertmanager', 'alertmanager'), ('Alertmanager', 'alertmanager')]"]
+    assert problems({"additionalDataSources": [by_hand]}) == two
+    assert problems({"additionalDataSourcesString": yaml.safe_dump([by_hand])}) == two
+    assert problems({"datasources": {"datasources.yaml": {"apiVersion": 1, "datasources": [by_hand]}}}) == two
+    # The chart's turned off: none, or only the one by hand.
+    off = {"sidecar": {"datasources": {"alertmanager": {"enabled": False}}}}
+    assert problems(off) == ["0 Alertmanager datasources: []"]
+    assert "not the chart's own: Alertmanager" in problems({**off, "additionalDataSources": [by_hand]})
+    # Another uid or name than Compose's and the dashboards'; another Service; other settings.
+    assert problems({"sidecar": {"datasources": {"alertmanager": {"uid": "am"}}}}) == [
+        "name and uid Alertmanager, am, not Compose's"
+    ]
+    renamed = problems({"sidecar": {"datasources": {"alertmanager": {"name": "AM"}}}})
+    assert "the alert list reads Alertmanager" in renamed and "name and uid AM, alertmanager, not Compose's" in renamed
+    assert problems({"sidecar": {"datasources": {"alertmanager": {"url": "http://am:9093/"}}}}) == [
+        "url http://am:9093/"
+    ]
+    assert problems({"sidecar": {"datasources": {"alertmanager": {"handleGrafanaManagedAlerts": True}}}}) == [
+        "jsonData {'handleGrafanaManagedAlerts': True, 'implementation': 'prometheus'}, not Compose's"
+    ]
 
 
 # --- The chart's objects select the lab's ----------------------------------------------------
