@@ -150,6 +150,45 @@ def stack_values(*files: Path) -> dict:
     return values
 
 
+def grafana_datasources(values: dict, stack: tuple[str, str]) -> list[dict]:
+    """The datasources Grafana provisions under the chart, as the pinned chart's
+    templates/grafana/configmaps-datasources.yaml renders them (its sidecar's Prometheus and
+    Alertmanager, then additionalDataSources and additionalDataSourcesString), plus the grafana
+    subchart's own `datasources` files: every way a values file can add one. The template is not
+    vendored; this follows it at the commit k8s/vendor/SOURCES.yaml names."""
+    release, namespace = stack
+    grafana = values["grafana"]
+    sidecar = grafana["sidecar"]["datasources"]
+    found = []
+    if (grafana["enabled"] and sidecar["enabled"]) or grafana["forceDeployDatasources"]:
+        base = fullname(release, values)
+        if sidecar["defaultDatasourceEnabled"]:
+            found.append({"name": sidecar["name"], "uid": sidecar["uid"], "type": "prometheus"})
+        # Whether or not the chart deploys an Alertmanager: the template does not look.
+        chart = sidecar["alertmanager"]
+        if chart["enabled"]:
+            alertmanager = values["alertmanager"]
+            prefix = alertmanager["alertmanagerSpec"]["routePrefix"].lstrip("/")
+            default_url = f"http://{base}-alertmanager.{namespace}:{alertmanager['service']['port']}/{prefix}"
+            found.append(
+                {
+                    "name": chart["name"],
+                    "uid": chart["uid"],
+                    "type": "alertmanager",
+                    "url": chart.get("url") or default_url,
+                    "jsonData": {
+                        "handleGrafanaManagedAlerts": chart["handleGrafanaManagedAlerts"],
+                        "implementation": chart["implementation"],
+                    },
+                }
+            )
+        found += grafana["additionalDataSources"] or []
+        found += yaml.safe_load(grafana["additionalDataSourcesString"] or "[]") or []
+    for provisioning in (grafana["datasources"] or {}).values():
+        found += provisioning.get("datasources") or []
+    return found
+
+
 # --- Names and selectors, as the chart's templates and the operator make them ----------------
 
 

@@ -17,7 +17,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
-from tests.kube import fullname, grafana_fullname, release_and_namespace, stack_values
+from tests.kube import fullname, grafana_datasources, grafana_fullname, release_and_namespace, stack_values
 from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, seconds, substitute_variables
 
 
@@ -375,34 +375,12 @@ def test_monitoring_stack_panels_find_their_jobs_under_compose_and_kube_promethe
             assert CHART_JOBS[component] in variable["description"]
 
 
-def kubernetes_alertmanager_datasources(values: dict) -> list[dict]:
-    """The Alertmanager datasources Grafana gets under kube-prometheus-stack: the chart's own
-    (sidecar.datasources.alertmanager, rendered by templates/grafana/configmaps-datasources.yaml
-    at its Alertmanager Service) and any added by hand."""
-    grafana = values["grafana"]
-    found = [d for d in grafana.get("additionalDataSources") or [] if d.get("type") == "alertmanager"]
-    sidecar = grafana["sidecar"]["datasources"]
-    chart = sidecar.get("alertmanager", {})
-    if sidecar.get("enabled") and chart.get("enabled") and values["alertmanager"].get("enabled", True):
-        service = f"{fullname(_RELEASE, values)}-alertmanager.{release_and_namespace()[1]}"
-        found.append(
-            {
-                "name": chart["name"],
-                "uid": chart["uid"],
-                "type": "alertmanager",
-                "url": f"http://{service}:{values['alertmanager']['service']['port']}/",
-                "jsonData": {"implementation": chart.get("implementation")},
-            }
-        )
-    return found
-
-
 def test_alert_list_reads_the_provisioned_alertmanager_in_compose_and_kubernetes():
     [panel] = [p for path in DASHBOARDS for p in load(path)["panels"] if p["type"] == "alertGroups"]
     name = panel["options"]["alertmanager"]  # Grafana names an Alertmanager source by its datasource name.
     [compose] = [d for d in PROVISIONED if d["name"] == name]
     # Exactly one in Kubernetes: the chart's own, through its own setting.
-    [helm] = kubernetes_alertmanager_datasources(_VALUES)
+    [helm] = [d for d in grafana_datasources(_VALUES, release_and_namespace()) if d["type"] == "alertmanager"]
     for datasource in (compose, helm):
         assert datasource["name"] == name
         assert datasource["type"] == "alertmanager" and datasource["jsonData"]["implementation"] == "prometheus"
@@ -414,7 +392,7 @@ def test_alert_list_reads_the_provisioned_alertmanager_in_compose_and_kubernetes
         **_VALUES,
         "grafana": {**_VALUES["grafana"], "additionalDataSources": [{**compose, "uid": "alertmanager"}]},
     }
-    assert len(kubernetes_alertmanager_datasources(doubled)) == 2
+    assert len([d for d in grafana_datasources(doubled, release_and_namespace()) if d["type"] == "alertmanager"]) == 2
 
 
 def panels_reading(series: str):

@@ -31,7 +31,7 @@ from tests.kube import (
     chart_defaults,
     chart_services,
     crd_problems,
-    fullname,
+    grafana_datasources,
     grafana_secret,
     helm_install,
     kustomize,
@@ -50,12 +50,11 @@ from tests.kube import (
     stack_values,
     unknown_keys,
 )
-from tests.support import ROOT, seconds
+from tests.support import DASHBOARDS, ROOT, seconds
 
 STACK_VALUES = [K8S / "helm-values.yaml", K8S / "helm-values-alerting.yaml", K8S / "helm-values-docker-desktop.yaml"]
 METRICS_SERVER_VALUES = K8S / "metrics-server-values.yaml"
 SCRIPTS = [K8S / "install-stack.sh", K8S / "deploy.sh", K8S / "kind-smoke.sh"]
-DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 COMPOSE_DATASOURCES = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yml").read_text())[
     "datasources"
 ]
@@ -149,45 +148,6 @@ def test_the_grafana_password_is_not_set_in_the_values(values):
 
 
 # --- Grafana's datasources -------------------------------------------------------------------
-
-
-def grafana_datasources(values: dict, stack: tuple[str, str]) -> list[dict]:
-    """The datasources Grafana provisions under the chart, as the pinned chart's
-    templates/grafana/configmaps-datasources.yaml renders them (its sidecar's Prometheus and
-    Alertmanager, then additionalDataSources and additionalDataSourcesString), plus the grafana
-    subchart's own `datasources` files: every way a values file can add one. The template is not
-    vendored; this follows it at the commit k8s/vendor/SOURCES.yaml names."""
-    release, namespace = stack
-    grafana = values["grafana"]
-    sidecar = grafana["sidecar"]["datasources"]
-    found = []
-    if (grafana["enabled"] and sidecar["enabled"]) or grafana["forceDeployDatasources"]:
-        base = fullname(release, values)
-        if sidecar["defaultDatasourceEnabled"]:
-            found.append({"name": sidecar["name"], "uid": sidecar["uid"], "type": "prometheus"})
-        # Whether or not the chart deploys an Alertmanager: the template does not look.
-        chart = sidecar["alertmanager"]
-        if chart["enabled"]:
-            alertmanager = values["alertmanager"]
-            prefix = alertmanager["alertmanagerSpec"]["routePrefix"].lstrip("/")
-            default_url = f"http://{base}-alertmanager.{namespace}:{alertmanager['service']['port']}/{prefix}"
-            found.append(
-                {
-                    "name": chart["name"],
-                    "uid": chart["uid"],
-                    "type": "alertmanager",
-                    "url": chart.get("url") or default_url,
-                    "jsonData": {
-                        "handleGrafanaManagedAlerts": chart["handleGrafanaManagedAlerts"],
-                        "implementation": chart["implementation"],
-                    },
-                }
-            )
-        found += grafana["additionalDataSources"] or []
-        found += yaml.safe_load(grafana["additionalDataSourcesString"] or "[]") or []
-    for provisioning in (grafana["datasources"] or {}).values():
-        found += provisioning.get("datasources") or []
-    return found
 
 
 def alert_list_panels() -> list[dict]:
