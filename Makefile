@@ -95,7 +95,7 @@ test-container: $(VENV_STAMP) system-deps
 k8s: $(VENV_STAMP)
 	$(BIN)/python k8s/generate.py
 
-# The Kubernetes path (README, "Promote to Kubernetes"): the current kubectl context, kind or
+# The Kubernetes path (docs/kubernetes.md): the current kubectl context, kind or
 # Docker Desktop; helm, kubectl and (for kind) kind installed. Not part of make test.
 .PHONY: k8s-stack  ## install the pinned kube-prometheus-stack and metrics-server into the current cluster
 k8s-stack:
@@ -105,7 +105,7 @@ k8s-stack:
 k8s-deploy:
 	k8s/deploy.sh
 
-.PHONY: kind-smoke  ## create a kind cluster, install everything, and check the README's claims in it
+.PHONY: kind-smoke  ## create a kind cluster, install everything, and check docs/kubernetes.md's claims in it
 kind-smoke:
 	k8s/kind-smoke.sh
 
@@ -149,7 +149,7 @@ bench: $(VENV_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
-.PHONY: bench-rules  ## the rule groups' evaluation time on 30 days x 10 instances, before and after issue 11 (results/bench-rules.json)
+.PHONY: bench-rules  ## the rule groups' evaluation time on 30 days x 10 instances, before and after the long windows were recorded in tiles (results/bench-rules.json)
 bench-rules: $(VENV_STAMP)
 	BENCH_DAYS=$(BENCH_DAYS) BENCH_INSTANCES=$(BENCH_INSTANCES) $(BIN)/python -m loadtest.bench_rules $(BENCH_RULES_ARGS)
 

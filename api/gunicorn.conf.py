@@ -3,7 +3,7 @@
 Environment: HOST (0.0.0.0), PORT (5001), WORKERS (one per available CPU), INFERENCE_THREADS (1),
 PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds),
 MAX_REQUESTS (0: workers are never recycled), CLIENT_IDLE_SECONDS (10), WORKER_CLASS (gevent;
-`sync` serves as before issue 12, one connection per worker process, for `make bench`'s comparison).
+`sync` serves as the API first did, one connection per worker process, for `make bench`'s comparison).
 """
 
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make k8s-deploy: build the API's image, make it visible to the current cluster (kind or Docker
 # Desktop), apply the lab, and roll its pods onto the image just built. Each step is a plain
-# command: the README's "Promote to Kubernetes" shows the same ones in order.
+# command: docs/kubernetes.md shows the same ones in order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OVERLAY=${OVERLAY:-k8s/overlays/local}

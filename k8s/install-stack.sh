@@ -2,7 +2,7 @@
 # make k8s-stack: install, into the current cluster, the monitoring stack the lab expects, at the
 # versions pinned in k8s/stack.env: metrics-server (for the HorizontalPodAutoscaler) and
 # kube-prometheus-stack (release "prometheus" in "monitoring", with k8s/helm-values.yaml).
-# The README's "Promote to Kubernetes" shows the same commands. Safe to run again (upgrade).
+# docs/kubernetes.md shows the same commands. Safe to run again (upgrade).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source-path=SCRIPTDIR source=stack.env

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make kind-smoke: the README's Kubernetes claims, checked end to end on a throwaway kind cluster.
+# make kind-smoke: docs/kubernetes.md's claims, checked end to end on a throwaway kind cluster.
 # It creates the cluster, installs metrics-server and kube-prometheus-stack at the versions in
 # k8s/stack.env, deploys the lab with k8s/deploy.sh, then checks that Prometheus scrapes every
 # API pod and loads the lab's rules, that Grafana lists the lab's dashboards, that the HPA sees
@@ -19,7 +19,7 @@ source k8s/stack.env
 CLUSTER=${KIND_CLUSTER:-hvs-lab-smoke}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 # The checks reach Prometheus through the API server's service proxy (no port-forward to keep
-# alive). Grafana and the alert receiver are reached through port-forwards, as the README does:
+# alive). Grafana and the alert receiver are reached through port-forwards, as docs/kubernetes.md does:
 # the receiver's NetworkPolicy admits only Alertmanager, and a port-forward is not subject to it.
 PROMETHEUS=/api/v1/namespaces/monitoring/services/prometheus-kube-prometheus-prometheus:9090/proxy
 API_HEALTH_URL=http://hvs-api-service.default.svc:5001/health
@@ -103,7 +103,7 @@ fi
 kubectl config use-context "kind-$CLUSTER"
 
 step "2. metrics-server $METRICS_SERVER_CHART_VERSION and kube-prometheus-stack $KUBE_PROMETHEUS_STACK_VERSION"
-# The README's step 1, as make k8s-stack runs it. Its --wait covers the chart's Deployments,
+# docs/kubernetes.md's step 1, as make k8s-stack runs it. Its --wait covers the chart's Deployments,
 # not the Prometheus and Alertmanager pods the operator starts afterwards: the checks below
 # wait for those.
 k8s/install-stack.sh

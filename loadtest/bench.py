@@ -8,7 +8,7 @@ first measurement:
 2. ``predict``: the API's ``/predict``, one record and a 100-record batch, metrics on;
 3. ``predict-nometrics``: the same with ``METRICS_ENABLED=false``;
 4. ``predict-sync``: the API's ``/predict``, one record, with ``WORKER_CLASS=sync`` (gunicorn's
-   sync workers, as the API served before issue 12): beside ``predict``, what the gevent worker
+   sync workers, as the API served before the gevent worker): beside ``predict``, what the gevent worker
    costs. wrk keeps its connections alive, but a sync worker closes each connection after its
    answer, so against it wrk connects anew for every request: that is how sync serves;
 5. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;

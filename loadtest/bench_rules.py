@@ -55,7 +55,7 @@ from loadtest import prometheus_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = "prometheus/rules"
-# The rules before issue 11's restructuring of the SLO rules: the HEAD of the day the bench was
+# The rules before the long SLO windows were recorded in 5-minute tiles: the HEAD of the day the bench was
 # written (`git rev-parse HEAD` then), whose 1d/3d/30d ratios read raw samples every 15 s.
 BEFORE_COMMIT = "3604ecdfc7ae5a80a0e1a4fe0a8e7609555e6c83"
 JOB = "hvs-api"

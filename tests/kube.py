@@ -58,7 +58,7 @@ def workers_for(limit: str) -> int:
 
 
 def stack_pins() -> dict[str, str]:
-    """k8s/stack.env: the versions the scripts, the Makefile and the README use."""
+    """k8s/stack.env: the versions the scripts, the Makefile and docs/kubernetes.md use."""
     pins = {}
     for line in (K8S / "stack.env").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
@@ -99,7 +99,7 @@ def operator_crds() -> dict[str, dict]:
 
 
 def helm_install(script: str) -> tuple[str, str]:
-    """The release and namespace of the kube-prometheus-stack install in a script or README."""
+    """The release and namespace of the kube-prometheus-stack install in a script or a guide."""
     found = re.search(
         rf"helm (?:upgrade --install|install) (\S+) \S*/{STACK_CHART}\b(.*?)(?:\n(?!\s)|$)", script, re.DOTALL
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, answers_200, free_port, http, seconds, stop_process_group, wait_for
+from tests.support import ROOT, NotYet, answers_200, free_port, http, seconds, stop_process_group, wait_for
 
 # `for:` durations, range windows, group intervals and Alertmanager's timings shrink by this factor (1m -> 2s,
 # 5m -> 10s, 1h -> 2m). Not further: Prometheus only starts scraping after its first 5-second
@@ -249,8 +249,16 @@ class Lab:
             now = time.time()
             params = {"query": expr, "start": now - 300, "end": now, "step": "5"}
             url = f"http://127.0.0.1:{port}/api/v1/query_range?" + urllib.parse.urlencode(params)
-        status, body = http("GET", url)
-        payload = json.loads(body)
+        try:
+            status, body = http("GET", url)
+        except OSError as error:  # A timeout on a loaded 2-core runner, or a refused connection.
+            raise NotYet(f"{expr}: {error}") from error
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            # Not the API's JSON: Prometheus answering "Service Unavailable" while it starts or
+            # replays its WAL. A bad query gets a JSON error instead, and fails below.
+            raise NotYet(f"{expr}: HTTP {status} {body[:200]!r}") from None
         assert status == 200 and payload["status"] == "success", f"{expr}: {payload}"
         return payload["data"]
 

@@ -293,14 +293,23 @@ class Steps:
             pytest.fail(f"needs the earlier step(s) {missing}, which failed")
 
 
+class NotYet(Exception):
+    """Raised by a ``wait_for`` predicate when the thing it asks cannot answer yet (a server busy
+    or restarting): the wait goes on, and the last reason is in the timeout's message."""
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
+    last = ""
     while time.monotonic() < deadline:
-        result = predicate()
+        try:
+            result = predicate()
+        except NotYet as reason:
+            result, last = None, f" (last: {reason})"
         if result:
             return result
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{last}")
 
 
 def _tcp_connections(pid: int) -> list:

@@ -141,7 +141,7 @@ if [ ${#monitoring[@]} -gt 0 ]; then
     debian_version=$(dpkg-deb -f "$deb" Version)
     if [ "${debian_version%%[+-]*}" != "$version" ]; then
       echo "system-deps: Debian $MONITORING_SUITE has $package $debian_version, but docker-compose.yml" \
-           "pins $version: move the pins in docker-compose.yml, k8s/helm-values.yaml and the README together" >&2
+           "pins $version: move the pins in docker-compose.yml, k8s/helm-values.yaml and docs/versions.md together" >&2
       exit 1
     fi
     dest=$OPT/${package}_$debian_version

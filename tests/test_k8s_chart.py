@@ -1,6 +1,6 @@
 """The lab's objects and values against the pinned kube-prometheus-stack, offline: every values
 key exists in its chart, the chart's Prometheus, Alertmanager and Grafana select every lab
-object, the CRDs of the operator it ships accept them, and the README's and the scripts'
+object, the CRDs of the operator it ships accept them, and docs/kubernetes.md's and the scripts'
 commands name things that exist. Each check has a test that feeds it the defect it guards
 against (the ``*_catches_*`` tests), since a check that cannot fail proves nothing.
 
@@ -67,7 +67,7 @@ def objects(request) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def values() -> dict:
-    """The stack's values as the README installs it on kind (Docker Desktop adds a file that
+    """The stack's values as docs/kubernetes.md installs it on kind (Docker Desktop adds a file that
     touches only node-exporter)."""
     return stack_values(K8S / "helm-values.yaml")
 
@@ -78,9 +78,8 @@ def stack() -> tuple[str, str]:
 
 
 def readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Promote to Kubernetes")
-    return text[start : text.index("\n## ", start + 1)]
+    """The Kubernetes guide the README points to: every command a user copies from it."""
+    return (ROOT / "docs" / "kubernetes.md").read_text()
 
 
 # --- The pins and the vendored files ----------------------------------------------------------
@@ -408,11 +407,11 @@ def test_the_api_and_the_exporter_let_in_the_stacks_prometheus_and_no_other(obje
     assert not allows(policies[("monitoring", "hvs-blackbox-exporter")], namespace, other, exporter_port)
 
 
-# --- The README's and the scripts' commands name what exists ---------------------------------
+# --- docs/kubernetes.md's and the scripts' commands name what exists --------------------------
 
 
 def names_in_commands(text: str) -> dict[str, set]:
-    """What commands in a README section or a script refer to."""
+    """What commands in a guide or a script refer to."""
     found: dict[str, set] = {k: set() for k in ("services", "secrets", "deployments", "targets", "files", "make")}
     for line in text.replace("\\\n", " ").splitlines():
         if "kubectl" in line:

@@ -95,8 +95,8 @@ def test_the_check_catches_an_old_version_in_prose_an_image_and_a_setting():
     assert mentions("kube-prometheus-stack 88.5.3, prometheus-node-exporter 4.56.1, grafana-12.11.1-values") == []
 
 
-def test_the_readme_states_every_pinned_version():
-    found = set(mentions((ROOT / "README.md").read_text()))
+def test_the_versions_page_states_every_pinned_version():
+    found = set(mentions((ROOT / "docs" / "versions.md").read_text()))
     for component in COMPONENTS:
         assert (component, pinned(component)) in found or (component, "v" + pinned(component)) in found, component
 

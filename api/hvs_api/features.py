@@ -1,7 +1,7 @@
 """The sensor features the hazard classifier reads: names, units and accepted ranges.
 
 This table is the one source of truth for the data generator, the training step,
-the request schema, the OpenAPI description and the README's feature table.
+the request schema, the OpenAPI description and the feature table of docs/model-and-inference.md.
 """
 
 from dataclasses import dataclass

@@ -274,7 +274,7 @@ def test_the_mlflow_ui_shows_the_runs_and_the_champion_alias(lab, browser):
 
 
 def test_the_first_five_minutes_deliver_only_the_watchdogs_heartbeat(lab):
-    """Deliverable of issue 11: a clean `docker compose up` pages nobody, and tickets nobody.
+    """A clean `docker compose up` pages nobody, and tickets nobody.
 
     Checked here, after the steps that take minutes anyway (training, traffic, retraining), so
     that it waits only for what is left of the 5 minutes, if anything: it holds for all the
