@@ -91,6 +91,10 @@ check: $(VENV_STAMP) $(CHECKOV_STAMP) system-deps $(COMPOSE_SCHEMA) lint
 test-container: $(VENV_STAMP) system-deps
 	$(BIN)/pytest tests/container $(PYTEST_ARGS)
 
+.PHONY: docs  ## regenerate docs/configuration.md's settings tables from api/hvs_settings
+docs: $(VENV_STAMP)
+	$(BIN)/python -m hvs_settings --write docs/configuration.md
+
 .PHONY: k8s  ## regenerate k8s/base/generated/ from the rules, dashboards, runbook and alertmanager.yml
 k8s: $(VENV_STAMP)
 	$(BIN)/python k8s/generate.py

@@ -1,19 +1,24 @@
 """gunicorn settings and hooks for the HVS Prediction API: the image's CMD and `make serve` use this file.
 
-Environment: HOST (0.0.0.0), PORT (5001), WORKERS (one per available CPU), INFERENCE_THREADS (1),
-PROMETHEUS_MULTIPROC_DIR (/tmp/hvs-api-metrics), ACCESS_LOG (off), TIMEOUT (30 seconds),
-MAX_REQUESTS (0: workers are never recycled), CLIENT_IDLE_SECONDS (10), WORKER_CLASS (gevent;
-`sync` serves as the API first did, one connection per worker process, for `make bench`'s comparison).
+Its environment is the API's settings (``hvs_settings.ApiSettings``, listed in
+docs/configuration.md): HOST, PORT, WORKERS, INFERENCE_THREADS, PROMETHEUS_MULTIPROC_DIR,
+ACCESS_LOG, LOG_LEVEL, TIMEOUT, MAX_REQUESTS and WORKER_CLASS (`sync` serves as the API first
+did, one connection per worker process, for `make bench`'s comparison). A malformed value stops
+the server before it binds, naming the variable.
 """
 
 import os
+
+# Standard library only: safe to import before gevent's patch, which this decides on.
+from hvs_settings import ApiSettings
+
+SETTINGS = ApiSettings.from_env()
 
 # gevent must replace the blocking parts of the standard library before anything imports
 # them, and the app is preloaded in this master process (below): gunicorn would patch only in
 # each worker, after the app, MLflow and requests have captured the originals (and MLflow's
 # background threads, started here, would not survive the fork).
-WORKER_CLASS = os.environ.get("WORKER_CLASS", "gevent")
-if WORKER_CLASS == "gevent":
+if SETTINGS.worker_class == "gevent":
     from gevent import monkey
 
     monkey.patch_all()
@@ -27,16 +32,15 @@ import shutil  # noqa: E402
 
 # The app's own log lines (which model is served, or why none is) go to stderr beside gunicorn's.
 logging.basicConfig(
-    level=os.environ.get("LOG_LEVEL", "info").upper(),
+    level=SETTINGS.log_level.upper(),
     format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
 )
 
 # OpenMP and BLAS read their thread counts once, when the model's libraries load, so they are
 # set here, before the app is imported. Several workers each starting one thread per core
 # oversubscribe the CPUs: a prototype on 2 cores served 80 times fewer requests that way.
-_threads = os.environ.get("INFERENCE_THREADS", "1")
 for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_variable] = _threads
+    os.environ[_variable] = str(SETTINGS.inference_threads)
 
 # prometheus_client decides at import time whether to share values through files, so the
 # directory is set before the app (and prometheus_client) is imported. Dead workers' counts
@@ -45,36 +49,36 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 # counts to ours: it is emptied when a new server starts. gunicorn re-reads this file on
 # SIGHUP, in the same master process, and must not empty the directory then: the master's pid
 # marks that it has already done so.
-_metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/hvs-api-metrics")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = SETTINGS.prometheus_multiproc_dir
 if os.environ.get("HVS_METRICS_DIR_OWNER") != str(os.getpid()):
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     os.makedirs(_metrics_dir, exist_ok=True)
     os.environ["HVS_METRICS_DIR_OWNER"] = str(os.getpid())
 
 wsgi_app = "hvs_api:create_app()"
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5001')}"
+bind = f"{SETTINGS.host}:{SETTINGS.port}"
 # The model is CPU-bound: one worker process per available core. Each holds its clients'
 # connections in greenlets (hvs_api.gunicorn_worker), so slow clients wait without holding a
 # process, and up to worker_connections of them per worker.
-workers = int(os.environ.get("WORKERS") or len(os.sched_getaffinity(0)))
-worker_class = "hvs_api.gunicorn_worker.SlowClientSafeWorker" if WORKER_CLASS == "gevent" else "sync"
+workers = SETTINGS.workers or len(os.sched_getaffinity(0))
+worker_class = "hvs_api.gunicorn_worker.SlowClientSafeWorker" if SETTINGS.worker_class == "gevent" else "sync"
 worker_connections = 1000
 # The app, MLflow and the model are loaded once in the master and shared with the workers
 # (copy-on-write), so a worker that dies is replaced in milliseconds, not seconds.
 preload_app = True
-timeout = int(os.environ.get("TIMEOUT", "30"))
+timeout = SETTINGS.timeout
 # Recycle a worker after this many requests (0: never), with jitter so they don't all go at once.
-max_requests = int(os.environ.get("MAX_REQUESTS", "0"))
+max_requests = SETTINGS.max_requests
 max_requests_jitter = max_requests // 10
 # SIGTERM lets in-flight requests finish for this long before workers are killed.
 graceful_timeout = 20
 keepalive = 5
-accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in ("1", "true", "yes", "on") else None
+accesslog = "-" if SETTINGS.access_log else None
 errorlog = "-"
 # gunicorn's control socket would be written under $HOME, which is read-only in the container
 # and unused by the lab.
 control_socket_disable = True
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = SETTINGS.log_level
 
 
 def when_ready(server):

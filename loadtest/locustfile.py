@@ -17,17 +17,17 @@ Every scenario sends single Normal and Hazardous records (the shipped example pa
 batches of 5 to 100 records from the project's data generator, health checks, and a small
 share of invalid payloads whose expected 4xx counts as a success.
 
-Environment: HVS_DRIFT (1.0, the DriftUser's drift, 0 to 1), HVS_FAULT_SHARE (0.3, the
-ErrorBurstUser's share of injected failures), HVS_MAX_FAILURE_RATIO (0.01) and HVS_MAX_P95_MS
-(500): a headless run that misses either exits with code 1 (error-burst runs expect failures
-and are not held to the failure ratio).
+Environment (``hvs_settings.LoadTestSettings``, listed in docs/configuration.md): HVS_DRIFT
+(the DriftUser's drift), HVS_FAULT_SHARE (the ErrorBurstUser's share of injected failures),
+HVS_MAX_FAILURE_RATIO and HVS_MAX_P95_MS: a headless run that misses either exits with code 1
+(error-burst runs expect failures and are not held to the failure ratio).
 """
 
 import json
-import os
 import random
 from pathlib import Path
 
+from hvs_settings import LoadTestSettings
 from locust import FastHttpUser, between, events, task
 
 from hvs_api import data
@@ -47,6 +47,8 @@ INVALID_BODIES = [
 ]
 JSON_HEADERS = {"Content-Type": "application/json"}
 POOL_SIZE = 2000
+# Read once, when Locust loads this file: a malformed value stops it before any user starts.
+SETTINGS = LoadTestSettings.from_env()
 
 
 class PredictionUser(FastHttpUser):
@@ -106,13 +108,13 @@ class SteadyUser(PredictionUser):
 class DriftUser(PredictionUser):
     """Readings drifted towards the stressed regime: more Hazardous predictions."""
 
-    drift = float(os.environ.get("HVS_DRIFT", "1.0"))
+    drift = SETTINGS.drift
 
 
 class ErrorBurstUser(PredictionUser):
     """Steady readings, but a share of requests asks for an injected 500."""
 
-    fault_share = float(os.environ.get("HVS_FAULT_SHARE", "0.3"))
+    fault_share = SETTINGS.fault_share
 
 
 @events.quitting.add_listener
@@ -121,8 +123,8 @@ def enforce_slo(environment, **_kwargs) -> None:
     stats = environment.stats.total
     if stats.num_requests == 0:
         return
-    max_failure_ratio = float(os.environ.get("HVS_MAX_FAILURE_RATIO", "0.01"))
-    max_p95_ms = float(os.environ.get("HVS_MAX_P95_MS", "500"))
+    max_failure_ratio = SETTINGS.max_failure_ratio
+    max_p95_ms = SETTINGS.max_p95_ms
     expects_failures = any(cls.fault_share for cls in environment.user_classes)
     p95 = stats.get_response_time_percentile(0.95)
     missed = []

@@ -389,9 +389,9 @@ def test_env_example_lists_every_variable():
 
 def test_fault_injection_is_on_only_in_the_compose_lab():
     assert SERVICES["api"]["environment"]["FAULT_INJECTION_ENABLED"] == "${FAULT_INJECTION_ENABLED:-true}"
-    from hvs_api import DEFAULTS
+    from hvs_settings import ApiSettings
 
-    assert DEFAULTS["FAULT_INJECTION_ENABLED"] is False
+    assert ApiSettings.from_env({}).fault_injection_enabled is False
 
 
 def test_the_apis_metric_files_and_heartbeat_are_in_memory():

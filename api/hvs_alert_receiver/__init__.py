@@ -22,7 +22,6 @@ the JSON lines.
 import html
 import json
 import logging
-import os
 import re
 import sys
 import threading
@@ -34,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import markdown
+from hvs_settings import ReceiverSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,8 @@ MAX_BODY_BYTES = 1024 * 1024
 ROUTE = re.compile(r"^/alerts/([A-Za-z0-9_-]{1,40})$")
 # The route alertmanager.yml sends the Watchdog to.
 HEARTBEAT_ROUTE = "heartbeat"
-# The heartbeat route's repeat_interval (60 s) plus its group_interval (30 s), the longest
-# regular gap between two heartbeats, plus 60 s of grace for a retried delivery.
-HEARTBEAT_MAX_SILENCE_SECONDS = 150
+# HEARTBEAT_MAX_SILENCE_SECONDS's default (hvs_settings says why 150 s).
+HEARTBEAT_MAX_SILENCE_SECONDS = ReceiverSettings().heartbeat_max_silence_seconds
 
 
 class AlertLog:
@@ -310,11 +309,8 @@ def serve(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    host = os.environ.get("HOST", "0.0.0.0")
-    port = int(os.environ.get("PORT", "9095"))
-    runbook = Path(os.environ.get("RUNBOOK_PATH", "/etc/hvs/runbook.md"))
-    keep = int(os.environ.get("ALERT_RECEIVER_KEEP", "500"))
-    silence = float(os.environ.get("HEARTBEAT_MAX_SILENCE_SECONDS", HEARTBEAT_MAX_SILENCE_SECONDS))
-    server = serve(host, port, runbook, keep, silence)
-    log.info("alert receiver listening on %s:%d, runbook %s", host, port, runbook)
+    settings = ReceiverSettings.from_env()
+    runbook = Path(settings.runbook_path)
+    server = serve(settings.host, settings.port, runbook, settings.keep, settings.heartbeat_max_silence_seconds)
+    log.info("alert receiver listening on %s:%d, runbook %s", settings.host, settings.port, runbook)
     server.serve_forever()

@@ -5,6 +5,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 
 from flask import Flask, jsonify
+from hvs_settings import ApiSettings
 from werkzeug.exceptions import HTTPException
 
 from hvs_api import model as model_loading
@@ -19,39 +20,22 @@ try:
 except PackageNotFoundError:  # Run from a source tree that was never installed.
     APP_VERSION = "0+unknown"
 
-DEFAULTS = {
-    # Bodies above 1 MiB are refused with 413: a full 1,000-record batch is about 120 KiB.
-    "MAX_CONTENT_LENGTH": 1024 * 1024,
-    "MAX_BATCH_RECORDS": 1000,
-    "METRICS_ENABLED": True,
-    # How often each worker asks the registry whether the champion alias moved (0: never).
-    "MODEL_RELOAD_SECONDS": 30.0,
-    # The lab's demo switch: when on, /predict requests carrying "X-Inject-Fault: 1" fail with a 500.
-    "FAULT_INJECTION_ENABLED": False,
-    "APP_VERSION": APP_VERSION,
-}
 
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _config_from_env(env: dict) -> dict:
-    config = {}
-    if "MAX_BODY_BYTES" in env:
-        config["MAX_CONTENT_LENGTH"] = int(env["MAX_BODY_BYTES"])
-    if "MAX_BATCH_RECORDS" in env:
-        config["MAX_BATCH_RECORDS"] = int(env["MAX_BATCH_RECORDS"])
-    if "METRICS_ENABLED" in env:
-        config["METRICS_ENABLED"] = _flag(env["METRICS_ENABLED"])
-    if "MODEL_RELOAD_SECONDS" in env:
-        config["MODEL_RELOAD_SECONDS"] = float(env["MODEL_RELOAD_SECONDS"])
-    if "FAULT_INJECTION_ENABLED" in env:
-        config["FAULT_INJECTION_ENABLED"] = _flag(env["FAULT_INJECTION_ENABLED"])
-    config["MODEL_URI"] = model_loading.model_uri_from_env(env)
-    # Refused at start rather than at the first load: a typo must not silently mean "auto".
-    config["INFERENCE_RUNTIME"] = model_loading.runtime_setting(env)
-    return config
+def config_from(settings: ApiSettings) -> dict:
+    """The app's configuration (Flask's names where Flask has one) from the API's settings."""
+    return {
+        # Bodies above this are refused with 413 (Flask's own limit, which the routes read too).
+        "MAX_CONTENT_LENGTH": settings.max_body_bytes,
+        "MAX_BATCH_RECORDS": settings.max_batch_records,
+        "METRICS_ENABLED": settings.metrics_enabled,
+        # How often each worker asks the registry whether the champion alias moved (0: never).
+        "MODEL_RELOAD_SECONDS": settings.model_reload_seconds,
+        # The lab's demo switch: when on, /predict requests carrying "X-Inject-Fault: 1" fail with a 500.
+        "FAULT_INJECTION_ENABLED": settings.fault_injection_enabled,
+        "MODEL_URI": settings.model_uri_to_serve,
+        "INFERENCE_RUNTIME": settings.inference_runtime,
+        "APP_VERSION": APP_VERSION,
+    }
 
 
 def _load_model(uri: str, setting: str) -> ModelState:
@@ -116,13 +100,13 @@ def _security_headers(response):
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: defaults, then the environment, then ``test_config``.
+    """Build the app: its settings from the environment (a malformed value raises SettingError,
+    naming the variable), then ``test_config``.
 
     ``test_config`` may hold ``MODEL`` (a ``LoadedModel`` or None) to skip loading from MLflow.
     """
     app = Flask(__name__)
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_mapping(_config_from_env(dict(os.environ)))
+    app.config.from_mapping(config_from(ApiSettings.from_env()))
     if test_config:
         app.config.from_mapping(test_config)
 

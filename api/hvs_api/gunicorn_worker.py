@@ -22,16 +22,15 @@ On top of gevent's worker this class:
   ``Broken pipe`` instead of the JSON 413 it was sent.
 """
 
-import os
-
 import gevent
 from gevent import socket
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
+from hvs_settings import ApiSettings
 from prometheus_client import Gauge
 
 # A client that sends nothing (or reads nothing) for this long mid-request is dropped.
-CLIENT_IDLE_SECONDS = float(os.environ.get("CLIENT_IDLE_SECONDS", "10"))
+CLIENT_IDLE_SECONDS = ApiSettings.from_env().client_idle_seconds
 # A refused body is read to its end, up to this much and this long, so that its sender gets the answer.
 DISCARD_LIMIT_BYTES = 64 * 1024 * 1024
 DISCARD_SECONDS = 15.0

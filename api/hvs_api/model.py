@@ -1,10 +1,7 @@
 """Finding and loading the hazard classifier from MLflow.
 
-The model is looked up in this order:
-
-1. ``MODEL_URI``: any MLflow model URI or a local model folder;
-2. ``BEST_MLFLOW_RUN_ID``: the model logged by that training run (``runs:/<id>/model``);
-3. ``models:/hvs-hazard-classifier@champion``: the registered champion.
+Which model: ``ApiSettings.model_uri_to_serve`` (``MODEL_URI``, then ``BEST_MLFLOW_RUN_ID``,
+then the registered champion ``models:/hvs-hazard-classifier@champion``).
 
 Serving calls the model directly with a numpy array: MLflow's pyfunc wrapper would build a
 DataFrame per request and cost about three times the model call. A tree ensemble is served
@@ -13,12 +10,12 @@ through treelite when it answers exactly as the estimator does (``hvs_api.runtim
 """
 
 import logging
-import os
 from dataclasses import dataclass
 
 import hvs_store as store
 import numpy as np
-from hvs_store import BASELINE_METRIC, CHAMPION_ALIAS, MODEL_NAME
+from hvs_settings import ApiSettings
+from hvs_store import BASELINE_METRIC, MODEL_NAME
 
 from hvs_api import runtime as runtimes
 from hvs_api.features import FEATURE_NAMES
@@ -63,15 +60,6 @@ class LoadedModel:
         }
 
 
-def model_uri_from_env(env: dict) -> str:
-    """Apply the documented lookup order to the given environment."""
-    if env.get("MODEL_URI"):
-        return env["MODEL_URI"]
-    if env.get("BEST_MLFLOW_RUN_ID"):
-        return f"runs:/{env['BEST_MLFLOW_RUN_ID']}/model"
-    return f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
-
-
 def _registry_identity(client, uri: str, run_id: str) -> tuple[str, str]:
     """Return ``(name, version)`` from the registry, or a placeholder version when unregistered."""
     if uri.startswith("models:/") and not uri.startswith("models:/m-"):
@@ -88,18 +76,10 @@ def _registry_identity(client, uri: str, run_id: str) -> tuple[str, str]:
     return MODEL_NAME, "unregistered"
 
 
-def runtime_setting(env: dict) -> str:
-    """INFERENCE_RUNTIME: "auto" (treelite where proven identical) or "sklearn"."""
-    setting = env.get("INFERENCE_RUNTIME", "auto").strip().lower() or "auto"
-    if setting not in runtimes.SETTINGS:
-        raise ValueError(f"INFERENCE_RUNTIME must be one of {', '.join(runtimes.SETTINGS)}, not {setting!r}")
-    return setting
-
-
 def load(uri: str, setting: str | None = None) -> LoadedModel:
     """Load the model at ``uri`` and its registry metadata, or raise ``ModelUnavailable``.
 
-    ``setting`` is INFERENCE_RUNTIME's value (read from the environment when None).
+    ``setting`` is INFERENCE_RUNTIME's value (read from the API's settings when None).
     """
     import mlflow
     import mlflow.sklearn
@@ -125,6 +105,6 @@ def load(uri: str, setting: str | None = None) -> LoadedModel:
             f"(it takes {n_features} inputs). {TRAIN_HINT}"
         )
     # Every worker and every reload pays for the choice (treelite's build and its check): logged.
-    chosen = runtimes.choose(estimator, setting or runtime_setting(dict(os.environ)))
+    chosen = runtimes.choose(estimator, setting or ApiSettings.from_env().inference_runtime)
     log.info("model %s version %s: %s", name, version, runtimes.describe(chosen))
     return LoadedModel(estimator, uri, name, str(version), run_id, baseline, chosen)

@@ -31,7 +31,7 @@ FALLBACK_REASONS = (
     "import_failed",  # treelite refused the fitted ensemble
     "check_failed",  # treelite's answers differ from scikit-learn's on the reference batch
 )
-SETTINGS = ("auto", "sklearn")
+
 TOLERANCE = 1e-9
 # The reference batch: generated records, plus at most this many split thresholds per feature
 # (evenly chosen), each tried at, just below and just above the threshold.

@@ -10,8 +10,9 @@ pyproject.toml) resolves against the folder that holds the database in use. Read
 writes then land in the same folder wherever it is mounted.
 """
 
-import os
 from pathlib import Path
+
+from hvs_settings import StoreSettings
 
 SCHEME = "hvs-store"
 ARTIFACT_ROOT = f"{SCHEME}:/artifacts"
@@ -26,8 +27,9 @@ BASELINE_METRIC = "train_hazardous_share"
 
 
 def mlruns_dir() -> Path:
-    """Return the store folder: ``MLRUNS_DIR`` or ``./mlruns``, made absolute."""
-    return Path(os.environ.get("MLRUNS_DIR", "mlruns")).resolve()
+    """Return the store folder: ``MLRUNS_DIR`` or ``./mlruns``, made absolute (read at each call:
+    training and the tests point it elsewhere within one process)."""
+    return StoreSettings.from_env().mlruns_path
 
 
 def tracking_uri() -> str:

@@ -2,15 +2,20 @@ import shutil
 
 import hvs_store as store
 import pytest
+from hvs_settings import ApiSettings
 
 from hvs_api import model
 
 
+def served(env: dict) -> str:
+    return ApiSettings.from_env(env).model_uri_to_serve
+
+
 def test_lookup_order():
-    assert model.model_uri_from_env({"MODEL_URI": "/models/x", "BEST_MLFLOW_RUN_ID": "abc"}) == "/models/x"
-    assert model.model_uri_from_env({"BEST_MLFLOW_RUN_ID": "abc"}) == "runs:/abc/model"
-    assert model.model_uri_from_env({}) == f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}"
-    assert model.model_uri_from_env({"MODEL_URI": "", "BEST_MLFLOW_RUN_ID": ""}).endswith("@champion")
+    assert served({"MODEL_URI": "/models/x", "BEST_MLFLOW_RUN_ID": "abc"}) == "/models/x"
+    assert served({"BEST_MLFLOW_RUN_ID": "abc"}) == "runs:/abc/model"
+    assert served({}) == f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}"
+    assert served({"MODEL_URI": "", "BEST_MLFLOW_RUN_ID": ""}).endswith("@champion")
 
 
 def test_champion_carries_its_identity_and_baseline(champion):
@@ -37,7 +42,7 @@ def test_unknown_run_is_unavailable_with_a_hint(session_store):
 def test_empty_store_is_unavailable_with_a_hint(tmp_path, use_store):
     use_store(tmp_path / "empty").mkdir()
     with pytest.raises(model.ModelUnavailable, match="make train"):
-        model.load(model.model_uri_from_env({}))
+        model.load(served({}))
 
 
 def test_corrupt_model_file_is_unavailable(session_store, tmp_path):

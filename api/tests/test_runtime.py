@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from hvs_settings import ApiSettings, SettingError
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
-from hvs_api import data, model, runtime, train
+from hvs_api import data, runtime, train
 from hvs_api.features import FEATURES
 
 TREE_CANDIDATES = [c for c in train.CANDIDATES if c.name != "logistic_regression"]
@@ -122,11 +123,10 @@ def test_every_reason_is_a_bounded_label_value():
 
 
 def test_the_setting_is_checked_and_reaches_the_loaded_model(session_store, make_app, monkeypatch):
-    with pytest.raises(ValueError, match="INFERENCE_RUNTIME must be one of auto, sklearn"):
-        model.runtime_setting({"INFERENCE_RUNTIME": "onnx"})
-    assert (
-        model.runtime_setting({}) == "auto" and model.runtime_setting({"INFERENCE_RUNTIME": " SKLearn "}) == "sklearn"
-    )
+    with pytest.raises(SettingError, match="INFERENCE_RUNTIME='onnx': must be one of auto, sklearn"):
+        ApiSettings.from_env({"INFERENCE_RUNTIME": "onnx"})
+    runtime_of = lambda env: ApiSettings.from_env(env).inference_runtime  # noqa: E731
+    assert runtime_of({}) == "auto" and runtime_of({"INFERENCE_RUNTIME": " SKLearn "}) == "sklearn"
     monkeypatch.setenv("INFERENCE_RUNTIME", "sklearn")
     client = make_app({"TESTING": True}).test_client()
     health = client.get("/health").get_json()

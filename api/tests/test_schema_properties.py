@@ -5,10 +5,10 @@ import json
 import math
 
 import pytest
+from hvs_settings import ApiSettings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hvs_api import DEFAULTS
 from hvs_api.features import FEATURE_NAMES, FEATURES
 from tests.support import samples
 
@@ -27,6 +27,7 @@ quick = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 NON_JSON_TOKENS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 # A body limit small enough that bodies over it are quick to build and send.
 SMALL_BODY_LIMIT = 4096
+MAX_BATCH = ApiSettings().max_batch_records
 
 
 def good_counts(client) -> list[tuple[str, dict[str, str], float]]:
@@ -104,7 +105,7 @@ def test_duplicate_keys_are_refused(client, payloads, key):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=st.integers(min_value=DEFAULTS["MAX_BATCH_RECORDS"] + 1, max_value=3 * DEFAULTS["MAX_BATCH_RECORDS"]))
+@given(size=st.integers(min_value=MAX_BATCH + 1, max_value=3 * MAX_BATCH))
 def test_a_batch_over_max_batch_records_but_under_the_body_limit_is_a_422(client, payloads, size):
     body = json.dumps({"records": [payloads["Normal"]] * size})
     assert len(body.encode()) <= client.application.config["MAX_CONTENT_LENGTH"]

@@ -2,6 +2,7 @@ import shutil
 
 import hvs_store as store
 import pytest
+from hvs_settings import ApiSettings
 
 from hvs_api import model, train
 from hvs_api.train import Result, pick_champion
@@ -47,7 +48,7 @@ def test_a_store_holds_no_path_to_where_it_was_written_and_loads_elsewhere(mlrun
     written_at = str(mlruns).encode()
     assert [path for path in moved.rglob("*") if path.is_file() and written_at in path.read_bytes()] == []
     use_store(moved)
-    loaded = model.load(model.model_uri_from_env({}))
+    loaded = model.load(ApiSettings().model_uri_to_serve)
     assert loaded.version == "1"
     assert loaded.hazard_probability([[50.0, 3.0, 200.0, 40.0, 100.0]])[0] < 0.5
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -14,9 +15,13 @@ from hvs_api.metrics_files import ARCHIVE, FOLDABLE
 from tests.support import (
     HAZARDOUS,
     NORMAL,
+    ROOT,
     answers_of_both_workers,
     connections_to_each_worker,
+    free_port,
     http,
+    image_cmd,
+    image_env,
     metric_value,
     predict_ok,
     request_on,
@@ -266,3 +271,13 @@ def test_one_worker_without_a_model_reads_as_no_model_loaded(tmp_path, start_api
     # The new worker finds the champion before its first answer; the other one still has none.
     assert sorted(status for status, _ in answers_of_both_workers(server, NORMAL)) == [200, 503]
     assert metric_value(server.metrics(), "hvs_model_loaded") == 0
+
+
+@pytest.mark.parametrize("variable, value", [("WORKERS", "two"), ("WORKER_CLASS", "eventlet"), ("TIMEOUT", "-5")])
+def test_a_malformed_setting_stops_the_server_before_it_binds_naming_the_variable(tmp_path, variable, value):
+    env = {**os.environ, **image_env(), "MLRUNS_DIR": str(tmp_path), "PORT": str(free_port()), variable: value}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(image_cmd(), cwd=ROOT / "api", env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"SettingError: {variable}={value!r}: must be" in result.stderr
