@@ -46,6 +46,8 @@ from pathlib import Path
 
 import psutil
 
+from loadtest.managed_process import ManagedProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORKERS = 2
@@ -117,34 +119,30 @@ class Server:
     env: dict
     port: int = field(default_factory=free_port)
     ready_path: str = "/health"
-    process: subprocess.Popen | None = None
+    program: ManagedProcess | None = None
 
     def start(self) -> None:
         # The virtual environment's bin first: mlflow starts uvicorn by name.
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PATH": path}
-        command = [part.format(port=self.port) for part in self.command]
-        self.log = open(Path(tempfile.gettempdir()) / f"hvs-bench-{self.name}.log", "wb")  # Closed in stop().
-        self.process = subprocess.Popen(
-            command, cwd=self.cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        self.program = ManagedProcess(
+            self.name,
+            [part.format(port=self.port) for part in self.command],
+            Path(tempfile.gettempdir()) / f"hvs-bench-{self.name}.log",
+            env=env,
+            cwd=self.cwd,
+            # Any HTTP answer means it listens (mlflow's /health answers differently by version).
+            ready_url=f"http://127.0.0.1:{self.port}{self.ready_path}",
+            ready_on_any_status=True,
         )
+        self.program.start(wait=False)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        import urllib.error
-        import urllib.request
+        self.program.wait_ready(timeout)
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"{self.name} exited; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2):
-                    return
-            except urllib.error.HTTPError:
-                return  # Any HTTP answer means it listens.
-            except OSError:
-                time.sleep(0.5)
-        sys.exit(f"{self.name} did not get ready; see {self.log.name}")
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.program.popen
 
     def metrics(self) -> bytes:
         import urllib.request
@@ -159,13 +157,8 @@ class Server:
         return [p for p in self.pids() if p != self.process.pid]
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
+        if self.program:
+            self.program.stop()
 
 
 @dataclass

@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from hvs_api.features import LABELS
 from hvs_api.metrics import INFERENCE_BUCKETS, REQUEST_BUCKETS
 from hvs_api.schema import INVALID_REASONS
 from loadtest import prometheus_duration
+from loadtest.managed_process import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = "prometheus/rules"
@@ -437,7 +437,7 @@ class Prometheus:
         if rules is not None:
             config["rule_files"] = [str(rules / "*.yml")]
         self.config.write_text(yaml.safe_dump(config))
-        self.process: subprocess.Popen | None = None
+        self.program: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -451,23 +451,13 @@ class Prometheus:
             f"--storage.tsdb.retention.time={RETENTION}",
             f"--web.listen-address=127.0.0.1:{self.port}",
         ]
-        self.log_file = open(self.log_path, "ab")  # Closed in stop().
-        self.process = subprocess.Popen(command, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        ready = f"{self.url}/-/ready"
+        self.program = ManagedProcess(f"Prometheus {self.name}", command, self.log_path, ready_url=ready)
+        self.program.start(wait=False)
         return self
 
     def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"Prometheus {self.name} exited; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        sys.exit(f"Prometheus {self.name} did not get ready; see {self.log_path}")
+        self.program.wait_ready(timeout, interval=0.5)
 
     def get(self, path: str, **params) -> dict | str:
         url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(params, doseq=True)}" if params else "")
@@ -487,15 +477,9 @@ class Prometheus:
         return found
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        if self.process:
-            self.log_file.close()
+        # Prometheus compacts and closes its TSDB on SIGTERM: on 30 days of data, give it time.
+        if self.program:
+            self.program.stop(timeout=120)
 
 
 def blocks(data: Path) -> list[dict]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, ApiServer
+from tests.support.api_server import ApiServer
+from tests.support.paths import ROOT
 
 # Fixtures that start real processes or train a store: a test using one is an integration test.
 SLOW_FIXTURES = {"trained_mlruns", "start_api"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 K8S = ROOT / "k8s"
 VENDOR = K8S / "vendor"

@@ -10,8 +10,6 @@ import csv
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -20,7 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ROOT, NotYet, answers_200, free_port, http, seconds, stop_process_group, wait_for
+from loadtest.managed_process import ManagedProcess
+from tests.support.paths import ROOT
+from tests.support.rules import seconds
+from tests.support.waiting import NotYet, wait_for
+from tests.support.web import free_port, http
 
 # `for:` durations, range windows, group intervals and Alertmanager's timings shrink by this factor (1m -> 2s,
 # 5m -> 10s, 1h -> 2m). Not further: Prometheus only starts scraping after its first 5-second
@@ -29,6 +31,13 @@ TIME_SCALE = 30
 SCRAPE_INTERVAL = "1s"
 # A rate needs two samples in its window: with a 1s scrape, no window below 4s.
 SHORTEST_WINDOW = 4
+# Where each program of the lab says it is ready.
+READY_PATHS = {
+    "alert-receiver": "/health",
+    "alertmanager": "/-/ready",
+    "blackbox": "/-/healthy",
+    "prometheus": "/-/ready",
+}
 
 
 def scaled(duration: str) -> str:
@@ -100,34 +109,9 @@ def rewrite_alertmanager(source: Path, target: Path, hosts: dict[str, str]) -> N
     target.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-@dataclass
-class Process:
-    """A started program, stopped by its PID (and its process group) afterwards."""
-
-    name: str
-    command: list[str]
-    log: Path
-    env: dict = field(default_factory=dict)
-    popen: subprocess.Popen | None = None
-
-    def start(self) -> "Process":
-        handle = open(self.log, "ab")  # The child writes to it; closed in stop().
-        self.popen = subprocess.Popen(
-            self.command,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        self._handle = handle
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.popen:
-            stop_process_group(self.popen, sig)
-        if getattr(self, "_handle", None):
-            self._handle.close()
+def program(name: str, command: list[str], log: Path, env: dict | None = None, ready_url: str | None = None):
+    """One of the lab's programs: this environment plus ``env``, run from the project root."""
+    return ManagedProcess(name, command, log, env={**os.environ, **(env or {})}, cwd=ROOT, ready_url=ready_url)
 
 
 @dataclass
@@ -138,7 +122,7 @@ class Lab:
     workdir: Path
     api_port: int
     ports: dict[str, int] = field(default_factory=dict)
-    processes: list[Process] = field(default_factory=list)
+    processes: list[ManagedProcess] = field(default_factory=list)
 
     def start(self) -> "Lab":
         for name in ("prometheus", "alertmanager", "alert-receiver", "blackbox"):
@@ -162,7 +146,7 @@ class Lab:
         rewrite_alertmanager(ROOT / "alertmanager" / "alertmanager.yml", self.workdir / "alertmanager.yml", hosts)
 
         self.processes.append(
-            Process(
+            program(
                 "alert-receiver",
                 [sys.executable, "-m", "hvs_alert_receiver"],
                 self.workdir / "alert-receiver.log",
@@ -171,10 +155,11 @@ class Lab:
                     "PORT": str(self.ports["alert-receiver"]),
                     "RUNBOOK_PATH": str(ROOT / "prometheus" / "runbook.md"),
                 },
-            ).start()
+                self.ready_url("alert-receiver"),
+            ).start(wait=False)
         )
         self.processes.append(
-            Process(
+            program(
                 "alertmanager",
                 [
                     "prometheus-alertmanager",
@@ -185,10 +170,11 @@ class Lab:
                     "--cluster.listen-address=",
                 ],
                 self.workdir / "alertmanager.log",
-            ).start()
+                ready_url=self.ready_url("alertmanager"),
+            ).start(wait=False)
         )
         self.processes.append(
-            Process(
+            program(
                 "blackbox",
                 [
                     "prometheus-blackbox-exporter",
@@ -197,10 +183,11 @@ class Lab:
                     f"--web.listen-address=127.0.0.1:{self.ports['blackbox']}",
                 ],
                 self.workdir / "blackbox.log",
-            ).start()
+                ready_url=self.ready_url("blackbox"),
+            ).start(wait=False)
         )
         self.processes.append(
-            Process(
+            program(
                 "prometheus",
                 [
                     "prometheus",
@@ -211,34 +198,30 @@ class Lab:
                     "--rules.alert.resend-delay=1s",
                 ],
                 self.workdir / "prometheus.log",
-            ).start()
+                ready_url=self.ready_url("prometheus"),
+            ).start(wait=False)
         )
-        ready = {
-            "alert-receiver": "/health",
-            "alertmanager": "/-/ready",
-            "blackbox": "/-/healthy",
-            "prometheus": "/-/ready",
-        }
-        for name, path in ready.items():
-            url = f"http://127.0.0.1:{self.ports[name]}{path}"
-            wait_for(lambda url=url: answers_200(url), 60, f"{name} at {url}")
+        # Started together, then awaited: a program that exits says why (its log's end).
+        for process in self.processes:
+            process.wait_ready(60)
         return self
+
+    def ready_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{READY_PATHS[name]}"
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
 
-    def restart(self, name: str, ready_path: str) -> tuple[int, int]:
+    def restart(self, name: str) -> tuple[int, int]:
         """Stop one program gracefully, start it again on the same data and wait until it is
         ready; return the old and the new pid."""
         [process] = [p for p in self.processes if p.name == name]
-        old_pid = process.popen.pid
+        old_pid = process.pid
         process.stop()
-        assert process.popen.poll() is not None, f"{name} did not stop"
-        process.start()
-        url = f"http://127.0.0.1:{self.ports[name]}{ready_path}"
-        wait_for(lambda: answers_200(url), 60, f"{name} to come back")
-        return old_pid, process.popen.pid
+        assert not process.running(), f"{name} did not stop"
+        process.start(timeout=60)
+        return old_pid, process.pid
 
     # Prometheus's HTTP API.
     def query(self, expr: str, instant: bool = True) -> dict:
@@ -284,12 +267,12 @@ class Lab:
         return wait_for(delivered, timeout, f"{alertname} to reach the alert receiver", interval=1.0)
 
 
-def locust(host: str, scenario: str, duration: str, log: Path, users: int = 8, **env: str) -> Process:
+def locust(host: str, scenario: str, duration: str, log: Path, users: int = 8, **env: str) -> ManagedProcess:
     """Start the project's locustfile headless against ``host`` (stop it, or let it run out).
 
     Its request counts land in ``<log without suffix>_stats.csv`` (see locust_totals).
     """
-    return Process(
+    return program(
         f"locust-{scenario}",
         [
             str(Path(sys.executable).parent / "locust"),

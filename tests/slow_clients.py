@@ -23,7 +23,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from tests.support import http, metric_value
+from tests.support.metrics_text import metric_value
+from tests.support.web import http
 
 KINDS = ("slow headers", "slow body", "idle keep-alive")
 # The API's gauge of the client connections its workers hold.

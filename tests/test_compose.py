@@ -13,7 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support import NORMAL, ROOT, dockerfile_instructions, final_stage, image_env
+from tests.support.dockerfile import dockerfile_instructions, final_stage, image_env
+from tests.support.paths import NORMAL, ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]

@@ -18,7 +18,9 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from tests.kube import fullname, grafana_datasources, grafana_fullname, release_and_namespace, stack_values
-from tests.support import DASHBOARDS, EXPECTED_EMPTY, ROOT, panel_queries, rule_groups, seconds, substitute_variables
+from tests.support.dashboards import DASHBOARDS, EXPECTED_EMPTY, panel_queries, substitute_variables
+from tests.support.paths import ROOT
+from tests.support.rules import rule_groups, seconds
 
 
 class AlertGroupsOptions:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.kube import K8S, OVERLAYS, allows, kustomize, one, workers_for
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 BUILT_IN = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"}
 KUBERNETES_VERSION = "1.30.0"

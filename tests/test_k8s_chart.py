@@ -50,7 +50,9 @@ from tests.kube import (
     stack_values,
     unknown_keys,
 )
-from tests.support import DASHBOARDS, ROOT, seconds
+from tests.support.dashboards import DASHBOARDS
+from tests.support.paths import ROOT
+from tests.support.rules import seconds
 
 STACK_VALUES = [K8S / "helm-values.yaml", K8S / "helm-values-alerting.yaml", K8S / "helm-values-docker-desktop.yaml"]
 METRICS_SERVER_VALUES = K8S / "metrics-server-values.yaml"

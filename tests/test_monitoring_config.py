@@ -12,7 +12,8 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
-from tests.support import ROOT, rule_groups, seconds
+from tests.support.paths import ROOT
+from tests.support.rules import rule_groups, seconds
 
 PROMETHEUS = ROOT / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))

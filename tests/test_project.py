@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import DOCKERFILE, ROOT, dockerfile_instructions, final_stage, image_cmd, image_env
+from tests.support.dockerfile import dockerfile_instructions, final_stage, image_cmd, image_env
+from tests.support.paths import DOCKERFILE, ROOT
 
 VENV_BIN = Path(sys.executable).parent
 

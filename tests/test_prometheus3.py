@@ -9,7 +9,10 @@ import subprocess
 import pytest
 import yaml
 
-from tests.support import DASHBOARDS, ROOT, rule_groups, scrape_problems
+from tests.support.dashboards import DASHBOARDS
+from tests.support.paths import ROOT
+from tests.support.rules import rule_groups
+from tests.support.web import scrape_problems
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 HELM_VALUES = yaml.safe_load((ROOT / "k8s" / "helm-values.yaml").read_text())

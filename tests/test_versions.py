@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.container.engine import RECIPES, base_images
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 # The Compose service of each component, and how its name is written in prose and file names

@@ -3,7 +3,7 @@
 
 import pytest
 
-from tests.support import NotYet, wait_for
+from tests.support.waiting import NotYet, wait_for
 
 
 def test_a_predicate_that_cannot_answer_yet_is_asked_again_until_it_can():

@@ -12,7 +12,8 @@ import pytest
 from flask import Flask
 
 from hvs_api import create_app, model, train
-from tests.support import HAZARDOUS, MLFLOW_URI_VARIABLES, NORMAL, environment_restored
+from tests.support.environment import MLFLOW_URI_VARIABLES, environment_restored
+from tests.support.paths import HAZARDOUS, NORMAL
 
 # Small enough to train in seconds, large enough for every candidate to learn the rule.
 TEST_SAMPLES = 4000

@@ -9,7 +9,9 @@ import hvs_alert_receiver as alert_receiver
 import pytest
 import yaml
 
-from tests.support import ROOT, modules_of_the_api_loaded_by, seconds
+from tests.support.environment import modules_of_the_api_loaded_by
+from tests.support.paths import ROOT
+from tests.support.rules import seconds
 
 
 def test_the_receiver_imports_nothing_of_the_api():

@@ -3,7 +3,7 @@ import pytest
 from hvs_api import train
 from hvs_api.reloader import ModelWatcher, alias_of
 from hvs_api.state import ModelState
-from tests.support import metric_value, values_by_label
+from tests.support.metrics_text import metric_value, values_by_label
 
 
 def test_alias_of():

@@ -10,7 +10,11 @@ import yaml
 from hvs_api import runtime
 from hvs_api.features import FEATURE_NAMES
 from hvs_api.schema import INVALID_REASONS
-from tests.support import ROOT, metric_value, samples
+from tests.support.metrics_text import metric_value, samples
+from tests.support.paths import ROOT
+
+# The example Normal record as JSON text, for bodies that only a text can make (a key twice).
+NORMAL_TEXT = (ROOT / "test_payload.json").read_text().strip()
 
 
 def metrics_text(client) -> str:
@@ -99,6 +103,20 @@ def test_every_invalid_reason_starts_at_zero(client):
     [
         ({"data": "{}", "content_type": "text/plain"}, 415, "unsupported_media_type"),
         ({"data": "x=1", "content_type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        # Near misses of application/json, and none at all.
+        *[
+            ({"data": NORMAL_TEXT, "content_type": kind}, 415, "unsupported_media_type")
+            for kind in ("application/xml", "multipart/form-data", "", "application/jsonx")
+        ],
+        # A feature given twice in one record.
+        *[
+            (
+                {"data": NORMAL_TEXT[:-1] + f', "{name}": 1.0}}', "content_type": "application/json"},
+                400,
+                "duplicate_key",
+            )
+            for name in FEATURE_NAMES
+        ],
         ({"data": "{", "content_type": "application/json"}, 400, "malformed_json"),
         ({"data": b"\xc3\x28", "content_type": "application/json"}, 400, "malformed_json"),
         ({"json": {"temperature_c": 1}}, 422, "missing_field"),

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hvs_api.features import FEATURE_NAMES, FEATURES
-from tests.support import samples
+from tests.support.metrics_text import samples
 
 # Any JSON value, nested a few levels.
 json_values = st.recursive(
@@ -87,21 +87,6 @@ def test_arbitrary_bytes_never_break_the_parser(client, raw):
 def test_deep_nesting_is_refused(client, depth):
     response = client.post("/predict", data="[" * depth + "]" * depth, content_type="application/json")
     assert_clear_refusal(response)
-
-
-@quick
-@given(content_type=st.sampled_from(["text/plain", "application/xml", "multipart/form-data", "", "application/jsonx"]))
-def test_wrong_content_types_are_refused(client, payloads, content_type):
-    response = client.post("/predict", data=json.dumps(payloads["Normal"]), content_type=content_type)
-    assert response.status_code == 415 and response.get_json()["error"] == "unsupported_media_type"
-
-
-@quick
-@given(key=st.sampled_from(FEATURE_NAMES))
-def test_duplicate_keys_are_refused(client, payloads, key):
-    body = json.dumps(payloads["Normal"])[:-1] + f', "{key}": 1.0}}'
-    response = client.post("/predict", data=body, content_type="application/json")
-    assert response.status_code == 400 and response.get_json()["error"] == "duplicate_key"
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -17,6 +17,8 @@ from hvs_settings import (
 )
 from hvs_settings.__main__ import with_tables
 
+from tests.support.environment import modules_of_the_api_loaded_by
+
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = (ApiSettings, ReceiverSettings, LoadTestSettings, StoreSettings)
 
@@ -99,16 +101,11 @@ def test_the_api_stops_at_start_on_a_malformed_setting(tmp_path):
     assert "SettingError: MAX_BATCH_RECORDS='a thousand': must be a whole number" in result.stderr
 
 
-def loaded_by(statement: str, watched: tuple[str, ...]) -> list[str]:
-    code = f"import sys; {statement}; print(' '.join(m for m in {watched!r} if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout.split()
-
-
 def test_the_settings_load_nothing_gevent_must_patch_first_and_nothing_of_the_api():
     # gunicorn.conf.py reads them before gevent's patch: ssl imported before it can break later.
-    assert loaded_by("import hvs_settings", ("ssl", "socket", "threading", "flask", "hvs_api", "hvs_store")) == []
+    watched = ("ssl", "socket", "threading", "flask", "hvs_api", "hvs_store")
+    assert modules_of_the_api_loaded_by("import hvs_settings", watched) == []
 
 
 def test_the_receiver_and_the_store_read_their_settings_without_the_api():
-    assert loaded_by("import hvs_store, hvs_alert_receiver", ("flask", "numpy", "hvs_api")) == []
+    assert modules_of_the_api_loaded_by("import hvs_store, hvs_alert_receiver", ("flask", "numpy", "hvs_api")) == []

@@ -1,6 +1,6 @@
 """The model store's package: the hvs-store:/ artifact locations MLflow resolves through it."""
 
-from tests.support import modules_of_the_api_loaded_by
+from tests.support.environment import modules_of_the_api_loaded_by
 
 
 def test_mlflow_loads_the_stores_plugin_without_the_api():

@@ -9,7 +9,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 SCREENSHOTS = ROOT / "results" / "screenshots"
 # Debian's chromium and chromium-driver (`make system-deps` installs them).

@@ -15,7 +15,8 @@ from urllib.parse import quote
 import yaml
 
 from tests.container.engine import COMPOSE_FILE, NOT_STARTED, docker
-from tests.support import ROOT, free_port, http
+from tests.support.paths import ROOT
+from tests.support.web import free_port, http
 
 # The tag of the images the test builds, so that the user's own (`latest`) stay as they are.
 TEST_TAG = "test"

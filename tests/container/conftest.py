@@ -11,7 +11,7 @@ from tests.container import browser as browsers
 from tests.container.compose import ComposeLab
 from tests.container.engine import Engine, EngineUnavailable, ImageOrigin, base_images, ensure_image
 from tests.slow_clients import SlowClients, oversized, while_held, with_urllib
-from tests.support import NORMAL, ROOT
+from tests.support.paths import NORMAL, ROOT
 
 RESULTS = ROOT / "results"
 CACHE = ROOT / ".cache" / "container"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import DOCKERFILE, ROOT, wait_for
+from tests.support.paths import DOCKERFILE, ROOT
+from tests.support.waiting import wait_for
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 STANDINS = Path(__file__).parent / "standins"

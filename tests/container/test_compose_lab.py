@@ -16,20 +16,11 @@ from selenium.webdriver.common.by import By
 from tests.container.browser import page_shows, text
 from tests.container.compose import compose_default, failure, services
 from tests.container.engine import standin_label
-from tests.support import (
-    HAZARDOUS,
-    NORMAL,
-    ROOT,
-    Steps,
-    http,
-    metric_value,
-    predict_ok,
-    rule_groups,
-    scrape_problems,
-    seconds,
-    values_by_label,
-    wait_for,
-)
+from tests.support.metrics_text import metric_value, predict_ok, values_by_label
+from tests.support.paths import HAZARDOUS, NORMAL, ROOT
+from tests.support.rules import rule_groups, seconds
+from tests.support.waiting import Steps, wait_for
+from tests.support.web import http, scrape_problems
 
 MODEL_RELOAD_SECONDS = float(compose_default("MODEL_RELOAD_SECONDS"))
 steps = Steps()

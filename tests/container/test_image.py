@@ -13,7 +13,10 @@ import yaml
 from tests.container.compose import ComposeLab, failure
 from tests.container.engine import docker
 from tests.kube import cpus
-from tests.support import DOCKERFILE, HAZARDOUS, NORMAL, ROOT, answers_200, free_port, http, run_id_of, wait_for
+from tests.support.environment import run_id_of
+from tests.support.paths import DOCKERFILE, HAZARDOUS, NORMAL, ROOT
+from tests.support.waiting import wait_for
+from tests.support.web import answers_200, free_port, http
 
 IMAGE = "hvs-prediction-api:test"
 DEPLOYMENT = ROOT / "k8s" / "base" / "hvs-api-deployment.yaml"

@@ -6,7 +6,6 @@ arrive together, delivered to a local webhook endpoint.
 
 import contextlib
 import json
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -17,7 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import ROOT, answers_200, free_port, http, rule_groups, stop_process_group, wait_for
+from loadtest.managed_process import ManagedProcess
+from tests.support.paths import ROOT
+from tests.support.rules import rule_groups
+from tests.support.waiting import wait_for
+from tests.support.web import free_port, http
 
 pytestmark = pytest.mark.integration
 
@@ -53,25 +56,17 @@ def running_alertmanager(workdir: Path, webhooks_at: str, pages_group_wait: str 
         pages["group_wait"] = pages_group_wait
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     url = f"http://127.0.0.1:{free_port()}"
-    with open(workdir / "alertmanager.log", "wb") as log:
-        process = subprocess.Popen(
-            [
-                "prometheus-alertmanager",
-                f"--config.file={workdir / 'alertmanager.yml'}",
-                f"--storage.path={workdir / 'data'}",
-                f"--web.listen-address={url.removeprefix('http://')}",
-                # A single Alertmanager: no gossip port.
-                "--cluster.listen-address=",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_for(lambda: answers_200(url + "/-/ready"), 30, "Alertmanager to be ready")
-            yield url
-        finally:
-            stop_process_group(process)
+    command = [
+        "prometheus-alertmanager",
+        f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+        # A single Alertmanager: no gossip port.
+        "--cluster.listen-address=",
+    ]
+    with ManagedProcess("alertmanager", command, workdir / "alertmanager.log", ready_url=url + "/-/ready") as process:
+        process.start(timeout=30)
+        yield url
 
 
 @pytest.fixture

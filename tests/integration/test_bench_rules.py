@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from loadtest.bench_rules import BEFORE_COMMIT, JOB, RULES_DIR, Generator, history_inputs, inline_recorded, load_groups
-from tests.support import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,23 +13,13 @@ import psutil
 import pytest
 
 from hvs_api.metrics_files import ARCHIVE, FOLDABLE
-from tests.support import (
-    HAZARDOUS,
-    NORMAL,
-    ROOT,
-    answers_of_both_workers,
-    connections_to_each_worker,
-    free_port,
-    http,
-    image_cmd,
-    image_env,
-    metric_value,
-    predict_ok,
-    request_on,
-    run_id_of,
-    values_by_label,
-    wait_for,
-)
+from tests.support.api_server import answers_of_both_workers, connections_to_each_worker, request_on
+from tests.support.dockerfile import image_cmd, image_env
+from tests.support.environment import run_id_of
+from tests.support.metrics_text import metric_value, predict_ok, values_by_label
+from tests.support.paths import HAZARDOUS, NORMAL, ROOT
+from tests.support.waiting import wait_for
+from tests.support.web import free_port, http
 
 pytestmark = pytest.mark.integration
 
@@ -129,10 +120,23 @@ def test_a_stale_metrics_directory_is_emptied_at_start(trained_mlruns, start_api
     assert server.metrics_dir == stale
 
 
-def test_without_a_model_the_server_stays_up_and_says_how_to_train(tmp_path, start_api):
-    empty = tmp_path / "empty-mlruns"
-    empty.mkdir()
-    server = start_api(empty, wait_ready=False, workers=2)
+def empty_store(trained: Path, tmp_path: Path) -> Path:
+    (tmp_path / "empty-mlruns").mkdir()
+    return tmp_path / "empty-mlruns"
+
+
+def store_with_a_corrupt_model(trained: Path, tmp_path: Path) -> Path:
+    store = shutil.copytree(trained, tmp_path / "corrupt-mlruns")
+    for model_file in store.glob("artifacts/models/*/artifacts/model.skops"):
+        model_file.write_bytes(b"\x00" * 64)
+    return store
+
+
+@pytest.mark.parametrize("make_store", [empty_store, store_with_a_corrupt_model], ids=["empty", "corrupt"])
+def test_without_a_model_the_server_stays_up_and_says_how_to_train(trained_mlruns, tmp_path, start_api, make_store):
+    """No model to serve, because none was trained or its file is corrupt: never served, never a
+    crash loop; /predict and /ready answer 503 saying how to train, /health stays 200."""
+    server = start_api(make_store(trained_mlruns, tmp_path), wait_ready=False, workers=2)
     master, workers = server.process.pid, server.worker_pids()
 
     status, body = http("POST", server.url + "/predict", NORMAL)

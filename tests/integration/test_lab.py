@@ -13,16 +13,12 @@ import time
 import pytest
 
 from tests.lab import TIME_SCALE, Lab, traffic
-from tests.support import (
-    ApiServer,
-    Steps,
-    panel_queries,
-    rule_groups,
-    samples,
-    scrape_problems,
-    seconds,
-    wait_for,
-)
+from tests.support.api_server import ApiServer
+from tests.support.dashboards import panel_queries
+from tests.support.metrics_text import samples
+from tests.support.rules import rule_groups, seconds
+from tests.support.waiting import Steps, wait_for
+from tests.support.web import scrape_problems
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ count and time. Each test records its figures (results/reliability.json, `make r
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,17 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.lab import Lab, locust_totals, traffic
-from tests.support import (
-    NORMAL,
-    answers_200,
-    connections_to_each_worker,
-    http,
-    metric_value,
-    one_worker_held,
-    predict_ok,
-    samples,
-    wait_for,
-)
+from tests.support.api_server import connections_to_each_worker, one_worker_held
+from tests.support.metrics_text import metric_value, predict_ok, samples
+from tests.support.paths import NORMAL
+from tests.support.waiting import wait_for
+from tests.support.web import answers_200, http
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 FUZZ_CASES = 150
@@ -69,6 +62,19 @@ def test_fuzzing_from_the_openapi_description(trained_mlruns, start_api, figures
     }
 
 
+def predictions_until(server, target: float, timeout: float = 60) -> list[float]:
+    """The /predict count read from /metrics every 0.2 s until it reaches ``target``: every
+    reading, in order, so that the caller can check that the counter never went down."""
+    readings = [predict_ok(server.metrics())]
+    deadline = time.monotonic() + timeout
+    while readings[-1] < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/predict count still {readings[-1]} after {timeout} s, waiting for {target}")
+        time.sleep(0.2)
+        readings.append(predict_ok(server.metrics()))
+    return readings
+
+
 def test_a_worker_killed_under_load_loses_only_the_requests_on_its_connections(
     trained_mlruns, start_api, figures, tmp_path
 ):
@@ -84,13 +90,13 @@ def test_a_worker_killed_under_load_loses_only_the_requests_on_its_connections(
         wait_for(lambda: min(server.predictions_by_worker().values()) >= 10, 60, "both workers to predict")
         with one_worker_held(server.port, NORMAL, server) as held:
             victim_counted = server.predictions_by_worker()[held.worker]
-            wait_for(lambda: totals.append(predict_ok(server.metrics())) or totals[-1] >= 50, 60, "traffic")
+            totals += predictions_until(server, 50)
             # Locust's connections on the victim, beside the held one: the most it may lose.
             victim_connections = server.connections_held_by(held.worker) - 1
             server.kill_worker(held.worker)
         # The replacement serves too: traffic goes on past the kill.
         after_kill = totals[-1]
-        wait_for(lambda: totals.append(predict_ok(server.metrics())) or totals[-1] >= after_kill + 50, 60, "traffic")
+        totals += predictions_until(server, after_kill + 50)
     requests, failures = locust_totals(log)
     assert held.status == 0 and held.error is not None, (held.status, held.body)
     assert 0 <= victim_connections <= users, victim_connections
@@ -112,12 +118,11 @@ def test_a_worker_killed_under_load_loses_only_the_requests_on_its_connections(
     }
 
 
-def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns, start_api, figures):
+def test_worker_recycling_keeps_the_directory_to_live_workers_and_every_count(trained_mlruns, start_api, figures):
+    """Workers recycled by MAX_REQUESTS leave no files of their own and lose no count. (What a
+    scrape costs after many replacements is a `make bench` figure: a timing here would be noise.)"""
     server = start_api(trained_mlruns, workers=2, extra_env={"MAX_REQUESTS": "25", "MODEL_RELOAD_SECONDS": "0"})
     first_workers = set(server.worker_pids())
-    started = time.perf_counter()
-    server.metrics()
-    scrape_before = time.perf_counter() - started
     # Two clients at once, in rounds of 25 requests each, until every first worker has been
     # recycled (at most 3,000 requests or 90 s). Which worker accepts a connection is the
     # kernel's and gevent's choice: a gevent worker accepts greedily, so a fixed number of
@@ -147,10 +152,9 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
             return None
         return sorted(p.name for p in server.metrics_dir.glob("*.db"))
 
+    # The directory holds only the live processes' files and the archive (or this times out).
     files = wait_for(only_live_files, 15, "the last recycled worker to be folded")
-    started = time.perf_counter()
     text = server.metrics()
-    scrape_after = time.perf_counter() - started
     assert predict_ok(text) == len(statuses)
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Normal") == len(statuses)
     # A recycled worker finishes its requests first: nothing was aborted.
@@ -163,8 +167,6 @@ def test_worker_recycling_keeps_the_directory_and_the_scrape_flat(trained_mlruns
         "max_requests_setting": 25,
         "workers_recycled": recycled,
         "files_after": len(files),
-        "scrape_ms_before": round(scrape_before * 1000, 2),
-        "scrape_ms_after": round(scrape_after * 1000, 2),
     }
 
 
@@ -185,18 +187,6 @@ def test_sigterm_lets_the_requests_workers_hold_finish(trained_mlruns, start_api
     assert results == [200, 200], (first.error, second.error)
     assert server.process.wait(timeout=30) == 0
     figures["graceful_shutdown"] = {"in_flight": in_flight, "completed": results.count(200)}
-
-
-def test_a_corrupt_model_is_never_served(trained_mlruns, start_api, tmp_path):
-    store = tmp_path / "mlruns"
-    shutil.copytree(trained_mlruns, store)
-    for model_file in store.glob("artifacts/models/*/artifacts/model.skops"):
-        model_file.write_bytes(b"\x00" * 64)
-    server = start_api(store, wait_ready=False, workers=1)
-    status, body = http("POST", server.url + "/predict", NORMAL)
-    assert status == 503 and "could not load model" in json.loads(body)["message"]
-    assert http("GET", server.url + "/ready")[0] == 503
-    assert "no model loaded" in server.log()
 
 
 def test_prometheus_and_alertmanager_keep_their_state_across_restarts(trained_mlruns, start_api, tmp_path, figures):
@@ -222,7 +212,7 @@ def test_prometheus_and_alertmanager_keep_their_state_across_restarts(trained_ml
         assert status == 200
         silence_id = json.loads(body)["silenceID"]
 
-        pids = [lab.restart("prometheus", "/-/ready"), lab.restart("alertmanager", "/-/ready")]
+        pids = [lab.restart("prometheus"), lab.restart("alertmanager")]
         restarted = sum(old != new for old, new in pids)
         assert restarted == 2, pids
         after = float(lab.query(query)["result"][0]["value"][1])

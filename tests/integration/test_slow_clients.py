@@ -16,10 +16,13 @@ import httpx
 import pytest
 import requests
 from geventhttpclient import HTTPClient
+from hvs_settings import ApiSettings
 
 from hvs_api.gunicorn_worker import DISCARD_LIMIT_BYTES
 from tests.slow_clients import SlowClients, oversized, while_held, with_urllib
-from tests.support import NORMAL, metric_value, wait_for
+from tests.support.metrics_text import metric_value
+from tests.support.paths import NORMAL
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 MIB = 1024 * 1024
@@ -31,9 +34,10 @@ def test_slow_connections_do_not_starve_the_api(trained_mlruns, start_api, figur
     with SlowClients("127.0.0.1", server.port, count=240) as slow:
         wait_for(lambda: slow.opened >= slow.count, 10, "the slow connections to open")
         answers, readings = while_held(server.url, NORMAL, rounds=3, seconds=2.5)
+    # Every ordinary request was answered within its client's timeout (10 s): with sync workers
+    # the first one times out. How fast they were is a figure, not a verdict: on a shared 2-core
+    # runner a wall-clock bound would fail on a busy neighbour rather than on the server.
     assert answers.failures == [], answers.failures[:5]
-    # Every ordinary request was answered within a couple of seconds, slow clients or not.
-    assert answers.max_ms < 2000, answers.max_ms
     # The server held the slow connections all along (the gauge counts the scrape's own too).
     held = [highest for highest, _ in readings]
     assert None not in held and min(held) >= 200, readings
@@ -136,7 +140,9 @@ def test_a_body_that_never_ends_is_cut_off(trained_mlruns, start_api, figures):
             received += chunk
         quiet_closed_after = time.monotonic() - start
     assert received.startswith(b"HTTP/1.1 413"), received[:100]
-    assert idle - 0.5 < quiet_closed_after < idle + 5, quiet_closed_after
+    # It waited for the quiet client (not closed at once), and closed it because of the setting:
+    # before the default CLIENT_IDLE_SECONDS would have.
+    assert idle - 0.5 < quiet_closed_after < ApiSettings().client_idle_seconds, quiet_closed_after
     figures["endless_bodies"] = {
         "sent_before_cut_mib": sent // MIB,
         "cut_after_s": round(cut_after, 2),
