@@ -63,7 +63,7 @@ $(COMPOSE_SCHEMA):
 
 .PHONY: train  ## train the candidate models into ./mlruns and register the champion
 train: $(VENV_STAMP)
-	MLRUNS_DIR=$(MLRUNS_DIR) $(BIN)/python -m hvs_api.train
+	MLRUNS_DIR=$(MLRUNS_DIR) $(BIN)/python -m hvs_model.train
 
 .PHONY: serve  ## run the API with gunicorn on 127.0.0.1:$PORT (WORKERS= to override) from ./mlruns
 serve: $(VENV_STAMP)
@@ -140,7 +140,7 @@ reset:
 
 .PHONY: retrain  ## train and promote a new champion inside the running lab
 retrain:
-	$(COMPOSE) run --rm trainer python -m hvs_api.train
+	$(COMPOSE) run --rm trainer python -m hvs_model.train
 
 .PHONY: load  ## headless Locust run (HOST, USERS, SPAWN_RATE, DURATION, SCENARIO) with reports in results/
 load: $(VENV_STAMP)

@@ -325,20 +325,21 @@ def main(argv: list[str] | None = None) -> int:
     mlruns = workdir / "mlruns"
     log(f"training the model into {mlruns}")
     subprocess.run(
-        [sys.executable, "-m", "hvs_api.train"],
+        [sys.executable, "-m", "hvs_model.train"],
         env={**os.environ, "MLRUNS_DIR": str(mlruns)},
         check=True,
         capture_output=True,
     )
     os.environ["MLRUNS_DIR"] = str(mlruns)
     import hvs_store as store
+    from hvs_model import readings
 
-    from hvs_api import data, model
+    from hvs_api import model
 
     champion = model.load(model.model_uri_from_env({}), "auto")
     champion_sklearn = model.load(model.model_uri_from_env({}), "sklearn")
     record = json.loads((ROOT / "test_payload.json").read_text())
-    batch = data.records(100, seed=11)
+    batch = readings.records(100, seed=11)
 
     api_config = ROOT / "api" / "gunicorn.conf.py"
     gunicorn = [str(BIN / "gunicorn"), "--config", str(api_config)]
@@ -452,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {round_number}: {target.name:30s} {result['rps']:9.1f} req/s")
         import numpy as np
 
-        x_one = np.array([[record[name] for name in data.FEATURE_NAMES]])
-        x_batch = np.array([[r[name] for name in data.FEATURE_NAMES] for r in batch])
+        x_one = np.array([[record[name] for name in readings.FEATURE_NAMES]])
+        x_batch = np.array([[r[name] for name in readings.FEATURE_NAMES] for r in batch])
         model_call = in_process_call(champion, x_one, x_batch)
         model_call_sklearn = in_process_call(champion_sklearn, x_one, x_batch)
         rss = {name: [round(rss_mib(pid), 1) for pid in server.workers()] for name, server in servers.items()}

@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from hvs_model.features import LABELS
 
-from hvs_api.features import LABELS
 from hvs_api.metrics import INFERENCE_BUCKETS, REQUEST_BUCKETS
-from hvs_api.schema import INVALID_REASONS
+from hvs_api.validation import INVALID_REASONS
 from loadtest import prometheus_duration
 from loadtest.managed_process import ManagedProcess
 

@@ -27,10 +27,9 @@ import json
 import random
 from pathlib import Path
 
+from hvs_model import readings
 from hvs_settings import LoadTestSettings
 from locust import FastHttpUser, between, events, task
-
-from hvs_api import data
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {
@@ -61,7 +60,7 @@ class PredictionUser(FastHttpUser):
 
     def on_start(self) -> None:
         # Each simulated client gets its own readings, drawn once.
-        self.pool = data.records(POOL_SIZE, seed=random.randrange(2**31), drift=self.drift)
+        self.pool = readings.records(POOL_SIZE, seed=random.randrange(2**31), drift=self.drift)
 
     def _headers(self) -> dict:
         if self.fault_share and random.random() < self.fault_share:

@@ -33,7 +33,7 @@ def trained_mlruns(tmp_path_factory) -> Path:
     """A store trained by the training command itself, as `make train` runs it."""
     folder = tmp_path_factory.mktemp("lab") / "mlruns"
     subprocess.run(
-        [sys.executable, "-m", "hvs_api.train", "--samples", "4000"],
+        [sys.executable, "-m", "hvs_model.train", "--samples", "4000"],
         cwd=ROOT,
         env={**os.environ, "MLRUNS_DIR": str(folder)},
         check=True,

@@ -60,7 +60,7 @@ def test_image_runs_as_non_root_with_a_healthcheck_and_the_serving_environment()
     assert env["MLRUNS_DIR"] == "/app/mlruns" and env["PORT"] == "5001"
     assert image_cmd() == ["gunicorn", "--config", "gunicorn.conf.py"]
     # The default build bakes in a champion, trained from the package's own generator.
-    assert ("RUN", "python -m hvs_api.train") in final_stage()
+    assert ("RUN", "python -m hvs_model.train") in final_stage()
     assert (ROOT / "api" / "gunicorn.conf.py").exists()
 
 
@@ -103,7 +103,7 @@ def test_every_make_target_has_help():
 
 
 def test_the_documented_feature_table_matches_the_features():
-    from hvs_api.features import FEATURES
+    from hvs_model.features import FEATURES
 
     page = (ROOT / "docs" / "model-and-inference.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| `")]

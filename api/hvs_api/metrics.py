@@ -18,15 +18,15 @@ import math
 import os
 
 from flask import Flask, request
+from hvs_model.features import LABELS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from hvs_api import metrics_files
-from hvs_api.features import LABELS
 from hvs_api.model import LoadedModel
 from hvs_api.runtime import FALLBACK_REASONS, RUNTIMES
-from hvs_api.schema import INVALID_REASONS
+from hvs_api.validation import INVALID_REASONS
 
 UNMATCHED = "unmatched"
 

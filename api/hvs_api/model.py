@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import hvs_store as store
 import numpy as np
+from hvs_model.features import FEATURE_NAMES
 from hvs_settings import ApiSettings
 from hvs_store import BASELINE_METRIC, MODEL_NAME
 
 from hvs_api import runtime as runtimes
-from hvs_api.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 

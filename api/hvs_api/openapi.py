@@ -1,7 +1,8 @@
 """The OpenAPI 3.0 description of the API, built from the feature table so the two never drift."""
 
-from hvs_api.features import FEATURE_NAMES, FEATURES, LABELS
-from hvs_api.schema import INVALID_REASONS
+from hvs_model.features import FEATURE_NAMES, FEATURES, LABELS
+
+from hvs_api.validation import INVALID_REASONS
 
 
 def _record_schema() -> dict:

@@ -3,12 +3,12 @@
 import time
 
 from flask import Blueprint, current_app, jsonify, make_response, request
+from hvs_model.features import LABELS
 from prometheus_flask_exporter import PrometheusMetrics
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from hvs_api import openapi, schema
-from hvs_api.features import LABELS
-from hvs_api.state import api_metrics, model_state
+from hvs_api import openapi, validation
+from hvs_api.extensions import api_metrics, model_state
 
 bp = Blueprint("api", __name__)
 
@@ -28,7 +28,7 @@ def _synthetic() -> bool:
     return bool(request.headers.get(SYNTHETIC_HEADER, "").strip())
 
 
-def _refused(error: schema.RequestError, counted: bool = True):
+def _refused(error: validation.RequestError, counted: bool = True):
     if counted:
         api_metrics().request_refused(error.reason)
     return jsonify(error.as_dict()), error.status
@@ -39,10 +39,10 @@ def _body() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
 
     def too_large():
-        return schema.refuse(413, "body_too_large", f"the body is larger than {limit} bytes")
+        return validation.refuse(413, "body_too_large", f"the body is larger than {limit} bytes")
 
     def incomplete():
-        return schema.refuse(400, "body_incomplete", "the body ended before it was complete")
+        return validation.refuse(400, "body_incomplete", "the body ended before it was complete")
 
     if request.content_length is None:
         # A chunked body has no length to check up front, and werkzeug's limit would cut it
@@ -96,14 +96,14 @@ def _predict(counted: bool):
         return jsonify({"error": "injected_fault", "message": f"failed on purpose ({FAULT_HEADER} is set)"}), 500
     try:
         if request.mimetype != "application/json":
-            raise schema.refuse(
+            raise validation.refuse(
                 415,
                 "unsupported_media_type",
                 f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
             )
         raw = _body()
-        features = schema.validate(schema.parse_json(raw), current_app.config["MAX_BATCH_RECORDS"])
-    except schema.RequestError as error:
+        features = validation.validate(validation.parse_json(raw), current_app.config["MAX_BATCH_RECORDS"])
+    except validation.RequestError as error:
         return _refused(error, counted)
 
     start = time.perf_counter()

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from hvs_api import data
-from hvs_api.features import FEATURES
+from hvs_model import readings
+from hvs_model.features import FEATURES
 
 RUNTIMES = ("treelite", "sklearn")
 # Why scikit-learn serves a model (a fixed set: they are label values).
@@ -95,7 +94,7 @@ def split_thresholds(estimator) -> dict[int, np.ndarray]:
 
 def reference_batch(estimator) -> np.ndarray:
     """The rows the check compares on, deterministic for a given model."""
-    records, _ = data.generate(REFERENCE_RECORDS, seed=REFERENCE_SEED)
+    records, _ = readings.generate(REFERENCE_RECORDS, seed=REFERENCE_SEED)
     rows = [records]
     # Each feature at its range limits, the other features as in a generated record.
     for index, feature in enumerate(FEATURES):

@@ -10,8 +10,9 @@ from pathlib import Path
 import hvs_store as store
 import pytest
 from flask import Flask
+from hvs_model import train
 
-from hvs_api import create_app, model, train
+from hvs_api import create_app, model
 from tests.support.environment import MLFLOW_URI_VARIABLES, environment_restored
 from tests.support.paths import HAZARDOUS, NORMAL
 

@@ -6,10 +6,10 @@ import string
 
 import pytest
 import yaml
+from hvs_model.features import FEATURE_NAMES
 
 from hvs_api import runtime
-from hvs_api.features import FEATURE_NAMES
-from hvs_api.schema import INVALID_REASONS
+from hvs_api.validation import INVALID_REASONS
 from tests.support.metrics_text import metric_value, samples
 from tests.support.paths import ROOT
 

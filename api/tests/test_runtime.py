@@ -5,19 +5,20 @@ import sys
 
 import numpy as np
 import pytest
+from hvs_model import readings, train
+from hvs_model.features import FEATURES
 from hvs_settings import ApiSettings, SettingError
 from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
-from hvs_api import data, runtime, train
-from hvs_api.features import FEATURES
+from hvs_api import runtime
 
 TREE_CANDIDATES = [c for c in train.CANDIDATES if c.name != "logistic_regression"]
 
 
 @pytest.fixture(scope="module")
 def training_data():
-    return data.generate(4_000, seed=7)
+    return readings.generate(4_000, seed=7)
 
 
 def fitted(candidate: train.Candidate, training_data):
@@ -39,7 +40,7 @@ def test_every_tree_candidate_is_served_by_treelite_with_scikit_learns_answers(c
     assert chosen.largest_difference <= runtime.TOLERANCE and chosen.checked_rows > 2_000
     # On the reference batch the check used, and on records it never saw.
     assert_same_answers(chosen, estimator, runtime.reference_batch(estimator))
-    assert_same_answers(chosen, estimator, data.generate(5_000, seed=99, drift=0.3)[0])
+    assert_same_answers(chosen, estimator, readings.generate(5_000, seed=99, drift=0.3)[0])
     assert chosen.predict(np.asarray([[50.0, 3.0, 200.0, 40.0, 100.0]])).shape == (1,)
 
 

@@ -1,11 +1,16 @@
+import os
 import shutil
+import subprocess
+import sys
 
 import hvs_store as store
 import pytest
+from hvs_model import train
+from hvs_model.train import Result, pick_champion
 from hvs_settings import ApiSettings
 
-from hvs_api import model, train
-from hvs_api.train import Result, pick_champion
+from hvs_api import model
+from tests.support.environment import modules_of_the_api_loaded_by
 
 
 def result(name, f1, latency):
@@ -78,3 +83,16 @@ def test_if_missing_trains_once(tmp_path, use_store, capsys):
     second = capsys.readouterr().out
     assert "not training" in second and "BEST_MLFLOW_RUN_ID=" not in second
     assert str(train.registered_champion().version) == "1"
+
+
+def test_training_and_the_generator_load_nothing_of_the_api():
+    """The trainer and the load tests import hvs_model alone: no Flask, no exporter, no hvs_api."""
+    assert modules_of_the_api_loaded_by("import hvs_model.train, hvs_model.readings") == ["sklearn"]
+
+
+def test_the_earlier_training_command_still_trains(tmp_path):
+    """``python -m hvs_api.train`` (the command of earlier versions of the lab) runs the same step."""
+    env = {**os.environ, "MLRUNS_DIR": str(tmp_path / "mlruns")}
+    for module in ("hvs_api.train", "hvs_model.train"):
+        result = subprocess.run([sys.executable, "-m", module, "--help"], env=env, capture_output=True, text=True)
+        assert result.returncode == 0 and "--samples" in result.stdout, result.stderr

@@ -243,7 +243,7 @@ def test_the_locust_ui_offers_every_scenario_and_both_shapes(lab, browser):
 
 def test_the_mlflow_ui_shows_the_runs_and_the_champion_alias(lab, browser):
     after("retrain")
-    from hvs_api.train import CANDIDATES
+    from hvs_model.train import CANDIDATES
 
     browser.get(lab.url("mlflow"))
     experiment = page_shows(

@@ -164,7 +164,7 @@ def test_the_users_variables_choose_the_model(trained_mlruns, start_api, variabl
 def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
     """Retraining in the running lab: every worker moves to the new version, and /metrics says so."""
     mlruns = tmp_path / "mlruns"
-    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    train = [sys.executable, "-m", "hvs_model.train", "--samples", "1500", "--candidates", "logistic_regression"]
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
     server = start_api(mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "1"})
     master, workers = server.process.pid, server.worker_pids()
@@ -187,7 +187,7 @@ def test_a_promoted_champion_is_served_without_a_restart(tmp_path, start_api):
 def test_workers_forked_after_a_promotion_serve_the_new_champion_from_their_first_request(tmp_path, start_api):
     """A replaced worker starts from the master's preloaded model; it must not answer with it."""
     mlruns = tmp_path / "mlruns"
-    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    train = [sys.executable, "-m", "hvs_model.train", "--samples", "1500", "--candidates", "logistic_regression"]
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
     # No poll during the test: only the new workers' own start can find version 2.
     server = start_api(mlruns, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "3600"})
@@ -269,7 +269,7 @@ def test_one_worker_without_a_model_reads_as_no_model_loaded(tmp_path, start_api
     server = start_api(mlruns, wait_ready=False, workers=2, extra_env={"MODEL_RELOAD_SECONDS": "3600"})
     # Both workers have answered once, without a model; no poll will come during the test.
     assert sorted(status for status, _ in answers_of_both_workers(server, NORMAL)) == [503, 503]
-    train = [sys.executable, "-m", "hvs_api.train", "--samples", "1500", "--candidates", "logistic_regression"]
+    train = [sys.executable, "-m", "hvs_model.train", "--samples", "1500", "--candidates", "logistic_regression"]
     subprocess.run(train, env={**os.environ, "MLRUNS_DIR": str(mlruns)}, check=True, capture_output=True)
     server.kill_worker()
     # The new worker finds the champion before its first answer; the other one still has none.

@@ -2,28 +2,28 @@ import json
 
 import numpy as np
 import pytest
+from hvs_model.features import FEATURE_NAMES
 
-from hvs_api import schema
-from hvs_api.features import FEATURE_NAMES
+from hvs_api import validation
 
 GOOD = {"temperature_c": 50.0, "vibration_mm_s": 3, "pressure_kpa": 200.0, "humidity_pct": 40.0, "gas_ppm": 100.0}
 
 
-def refused(payload, max_records=10) -> schema.RequestError:
-    with pytest.raises(schema.RequestError) as caught:
-        schema.validate(payload, max_records)
+def refused(payload, max_records=10) -> validation.RequestError:
+    with pytest.raises(validation.RequestError) as caught:
+        validation.validate(payload, max_records)
     return caught.value
 
 
 def test_single_record_becomes_one_row_in_feature_order():
-    features = schema.validate(dict(reversed(GOOD.items())), 10)
+    features = validation.validate(dict(reversed(GOOD.items())), 10)
     assert not features.is_batch
     assert features.matrix.tolist() == [[GOOD[name] for name in FEATURE_NAMES]]
     assert features.matrix.dtype == np.float64
 
 
 def test_batch_becomes_one_row_per_record():
-    features = schema.validate({"records": [GOOD, GOOD, GOOD]}, 10)
+    features = validation.validate({"records": [GOOD, GOOD, GOOD]}, 10)
     assert features.is_batch and features.matrix.shape == (3, 5)
 
 
@@ -95,8 +95,8 @@ def test_wrong_shapes(payload, status, reason):
     ],
 )
 def test_malformed_bodies(raw, reason):
-    with pytest.raises(schema.RequestError) as caught:
-        schema.parse_json(raw)
+    with pytest.raises(validation.RequestError) as caught:
+        validation.parse_json(raw)
     assert caught.value.status == 400 and caught.value.reason == reason
 
 
@@ -104,5 +104,5 @@ def test_error_body_lists_a_bounded_number_of_problems():
     error = refused({"records": [{"x": 1}] * 10})
     body = error.as_dict()
     assert body["error"] == "missing_field" and body["field"] == "records[0].temperature_c"
-    assert len(body["problems"]) == schema.MAX_PROBLEMS_REPORTED
+    assert len(body["problems"]) == validation.MAX_PROBLEMS_REPORTED
     json.dumps(body)  # Serialisable as it is.

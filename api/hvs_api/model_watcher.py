@@ -18,8 +18,8 @@ import threading
 import hvs_store as store
 
 from hvs_api import model as model_loading
+from hvs_api.extensions import ModelState
 from hvs_api.metrics import ApiMetrics
-from hvs_api.state import ModelState
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ or a batch of records::
     {"records": [{...}, {...}]}
 
 Every field is required, must be a JSON number (not a string or boolean), finite, and
-inside the range ``hvs_api.features`` gives; any other field is an error. A problem is
+inside the range ``hvs_model.features`` gives; any other field is an error. A problem is
 reported as a ``RequestError`` with an HTTP status and one of ``INVALID_REASONS``, the
 bounded label the ``hvs_api_invalid_requests_total`` metric counts it by.
 """
@@ -19,8 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from hvs_api.features import FEATURE_NAMES, FEATURES
+from hvs_model.features import FEATURE_NAMES, FEATURES
 
 # Every reason a request can be refused for; metrics pre-initialise one series per reason.
 INVALID_REASONS: tuple[str, ...] = (

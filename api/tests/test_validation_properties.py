@@ -5,11 +5,11 @@ import json
 import math
 
 import pytest
+from hvs_model.features import FEATURE_NAMES, FEATURES
 from hvs_settings import ApiSettings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hvs_api.features import FEATURE_NAMES, FEATURES
 from tests.support.metrics_text import samples
 
 # Any JSON value, nested a few levels.

@@ -1,27 +1,26 @@
 import numpy as np
 import pytest
-
-from hvs_api import data
-from hvs_api.features import FEATURE_NAMES, FEATURES
+from hvs_model import readings
+from hvs_model.features import FEATURE_NAMES, FEATURES
 
 
 def test_same_seed_gives_same_readings():
-    x1, y1 = data.generate(500, seed=3)
-    x2, y2 = data.generate(500, seed=3)
+    x1, y1 = readings.generate(500, seed=3)
+    x2, y2 = readings.generate(500, seed=3)
     assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
-    x3, _ = data.generate(500, seed=4)
+    x3, _ = readings.generate(500, seed=4)
     assert not np.array_equal(x1, x3)
 
 
 def test_readings_stay_inside_the_accepted_ranges():
-    x, _ = data.generate(20_000, seed=1, drift=1.0)
+    x, _ = readings.generate(20_000, seed=1, drift=1.0)
     for column, feature in enumerate(FEATURES):
         assert x[:, column].min() >= feature.minimum
         assert x[:, column].max() <= feature.maximum
 
 
 def test_hazardous_share_is_a_minority_that_drift_raises():
-    shares = [data.generate(20_000, seed=2, drift=d)[1].mean() for d in (0.0, 0.5, 1.0)]
+    shares = [readings.generate(20_000, seed=2, drift=d)[1].mean() for d in (0.0, 0.5, 1.0)]
     assert 0.10 < shares[0] < 0.25
     assert shares[0] < shares[1] < shares[2]
 
@@ -40,11 +39,11 @@ def test_hazardous_share_is_a_minority_that_drift_raises():
     ],
 )
 def test_hazard_rule(reading, expected):
-    assert data.hazard_rule(np.array([reading], dtype=float))[0] == expected
+    assert readings.hazard_rule(np.array([reading], dtype=float))[0] == expected
 
 
 def test_records_are_request_ready():
-    records = data.records(3, seed=5)
+    records = readings.records(3, seed=5)
     assert len(records) == 3
     assert all(list(r) == list(FEATURE_NAMES) for r in records)
     assert all(isinstance(v, float) for r in records for v in r.values())
@@ -52,4 +51,4 @@ def test_records_are_request_ready():
 
 def test_drift_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="drift"):
-        data.generate(10, drift=1.5)
+        readings.generate(10, drift=1.5)

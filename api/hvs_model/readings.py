@@ -21,7 +21,7 @@ the load test's drift scenario shifts the Hazardous share away from its training
 
 import numpy as np
 
-from hvs_api.features import FEATURE_NAMES, FEATURES
+from hvs_model.features import FEATURE_NAMES, FEATURES
 
 # Share of readings taken in the stressed regime when there is no drift.
 STRESSED_SHARE = 0.25

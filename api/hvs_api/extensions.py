@@ -9,7 +9,7 @@ from hvs_api.metrics import ApiMetrics
 from hvs_api.model import LoadedModel
 
 if TYPE_CHECKING:
-    from hvs_api.reloader import ModelWatcher
+    from hvs_api.model_watcher import ModelWatcher
 
 
 @dataclass

@@ -1,8 +1,8 @@
 import pytest
+from hvs_model import train
 
-from hvs_api import train
-from hvs_api.reloader import ModelWatcher, alias_of
-from hvs_api.state import ModelState
+from hvs_api.extensions import ModelState
+from hvs_api.model_watcher import ModelWatcher, alias_of
 from tests.support.metrics_text import metric_value, values_by_label
 
 
