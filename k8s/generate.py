@@ -111,18 +111,24 @@ def dashboards() -> str:
     return HEADER.format(source="grafana/dashboards/*.json") + dump(documents)
 
 
-def runbook() -> str:
+def file_config_map(name: str, workload: str, component: str, source: str) -> str:
+    """A ConfigMap in `monitoring` holding one file of the Compose lab, under its own file name,
+    labelled as the workload that mounts it."""
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": "hvs-runbook",
+            "name": name,
             "namespace": "monitoring",
-            "labels": {**named("hvs-alert-receiver"), "app.kubernetes.io/component": "alert-receiver", **LABELS},
+            "labels": {**named(workload), "app.kubernetes.io/component": component, **LABELS},
         },
-        "data": {"runbook.md": (ROOT / "prometheus" / "runbook.md").read_text()},
+        "data": {Path(source).name: (ROOT / source).read_text()},
     }
-    return HEADER.format(source="prometheus/runbook.md") + dump([config_map])
+    return HEADER.format(source=source) + dump([config_map])
+
+
+def runbook() -> str:
+    return file_config_map("hvs-runbook", "hvs-alert-receiver", "alert-receiver", "prometheus/runbook.md")
 
 
 # Receivers that stay in the Compose lab, with the routes to them: the Watchdog's heartbeat,
@@ -289,17 +295,9 @@ def alerting_values() -> str:
 
 def blackbox_config() -> str:
     """blackbox/blackbox.yml, the Compose lab's exporter configuration, for the cluster's exporter."""
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": "hvs-blackbox-exporter",
-            "namespace": "monitoring",
-            "labels": {**named("hvs-blackbox-exporter"), "app.kubernetes.io/component": "blackbox-exporter", **LABELS},
-        },
-        "data": {"blackbox.yml": (ROOT / "blackbox" / "blackbox.yml").read_text()},
-    }
-    return HEADER.format(source="blackbox/blackbox.yml") + dump([config_map])
+    return file_config_map(
+        "hvs-blackbox-exporter", "hvs-blackbox-exporter", "blackbox-exporter", "blackbox/blackbox.yml"
+    )
 
 
 def generated() -> dict[str, str]:
