@@ -33,7 +33,7 @@ class HeldRequest:
 
 
 @contextlib.contextmanager
-def connections_to_each_worker(server: "ApiServer", attempts: int = 200, fresh_for: float = 2.5):
+def connections_to_each_worker(server: "ApiServer", attempts: int = 200, fresh_for: float = 2.5, timeout: float = 60):
     """One open connection to each worker of ``server``, as ``{worker pid: socket}``.
 
     A gevent worker accepts connections for as long as they come, so which worker serves a
@@ -41,17 +41,26 @@ def connections_to_each_worker(server: "ApiServer", attempts: int = 200, fresh_f
     other workers likelier to win the next accept) until every worker holds one. A worker sends
     nothing on a connection that has not sent its headers within ``keepalive`` (5 s) and closes
     it, so each connection handed out was opened less than ``fresh_for`` seconds before; a
-    worker still starting can take longer than that to accept its first.
+    worker still starting can take longer than that to accept its first: a replacement worker
+    loads its model before it accepts, so after ``attempts`` connections without every worker,
+    they are closed and tried again a second later, until ``timeout``.
     """
     opened: list[socket.socket] = []
     held: dict[int, tuple[float, socket.socket]] = {}
+    deadline = time.monotonic() + timeout
     try:
         while True:
             now = time.monotonic()
             fresh = {pid: sock for pid, (since, sock) in held.items() if now - since < fresh_for}
             if len(fresh) == server.workers:
                 break
-            assert len(opened) < attempts, f"{attempts} connections reached only workers {sorted(fresh)}"
+            if len(opened) >= attempts:
+                assert now < deadline, f"in {timeout:g} s, connections reached only workers {sorted(fresh)}"
+                for sock in opened:
+                    sock.close()
+                opened, held = [], {}
+                time.sleep(1)
+                continue
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             opened.append(sock)
             worker = wait_for(lambda sock=sock: server.worker_holding(sock), 10, "a worker to accept")
