@@ -91,10 +91,6 @@ class ManagedProcess:
                 raise self._failure(f"was not ready at {self.ready_url} after {timeout:g} s")
             time.sleep(interval)
 
-    def send(self, sig: int) -> None:
-        """Send ``sig`` to the program alone (not its group): gunicorn's SIGHUP, a graceful SIGTERM."""
-        os.kill(self.popen.pid, sig)
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         """Signal the whole group, wait, kill it if it lingers; return the exit code."""
         if self.running():

@@ -7,6 +7,8 @@ import socket
 import urllib.error
 import urllib.request
 
+from loadtest.managed_process import answers
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -53,8 +55,6 @@ def scrape_problems(targets: list[dict], fetch=urllib.request.urlopen) -> list[s
 
 
 def answers_200(url: str) -> bool:
-    """True when a GET of ``url`` answers 200; False while nothing listens there yet."""
-    try:
-        return http("GET", url, timeout=2)[0] == 200
-    except OSError:
-        return False
+    """True when a GET of ``url`` answers 200; False while nothing listens there yet (the
+    readiness check of the process helper)."""
+    return answers(url)
