@@ -7,24 +7,32 @@ or a spike, a shape, then start. From a shell (``make load`` wraps this)::
         -u 20 -r 5 -t 2m --csv results/steady --html results/steady.html SteadyUser
 
 Scenarios (user classes): ``SteadyUser`` (realistic mix), ``DriftUser`` (readings pushed
-towards the stressed regime, so the Hazardous share and the drift alert move), and
-``ErrorBurstUser`` (a share of requests asks the API for an injected 500; the API must run
-with ``FAULT_INJECTION_ENABLED=true``, as the Compose lab does). Load shapes live in their own
+towards the stressed regime, so the Hazardous share, the features and the drift alerts move),
+``SensorFaultUser`` (the gas and vibration sensors under-read: those features drift, then the
+labels show the model missing hazards), and ``ErrorBurstUser`` (a share of requests asks the
+API for an injected 500; the API must run with ``FAULT_INJECTION_ENABLED=true``, as the
+Compose lab does). Load shapes live in their own
 files, since Locust runs whichever shape class it loads: add ``,loadtest/shapes/ramp.py`` or
 ``,loadtest/shapes/spike.py`` to ``-f`` (the Compose web UI loads both and lets you pick one).
 
 Every scenario sends single Normal and Hazardous records (the shipped example payloads),
 batches of 5 to 100 records from the project's data generator, health checks, and a small
-share of invalid payloads whose expected 4xx counts as a success.
+share of invalid payloads whose expected 4xx counts as a success. Every user also sends back
+the true labels (the generator's) of a share of its predictions, by their ids, a while after
+it got them: ``POST /feedback``, as an operator or a later inspection would.
 
 Environment (``hvs_settings.LoadTestSettings``, listed in docs/configuration.md): HVS_DRIFT
-(the DriftUser's drift), HVS_FAULT_SHARE (the ErrorBurstUser's share of injected failures),
-HVS_MAX_FAILURE_RATIO and HVS_MAX_P95_MS: a headless run that misses either exits with code 1
+(the DriftUser's drift), HVS_SENSOR_FAULT (the SensorFaultUser's), HVS_FEEDBACK_SHARE and
+HVS_FEEDBACK_DELAY (how many labels come back, how late), HVS_FAULT_SHARE (the ErrorBurstUser's
+share of injected failures), HVS_MAX_FAILURE_RATIO and HVS_MAX_P95_MS: a headless run that misses
+either exits with code 1
 (error-burst runs expect failures and are not held to the failure ratio).
 """
 
 import json
 import random
+import time
+from collections import deque
 from pathlib import Path
 
 from hvs_model import readings
@@ -46,6 +54,8 @@ INVALID_BODIES = [
 ]
 JSON_HEADERS = {"Content-Type": "application/json"}
 POOL_SIZE = 2000
+# Labels sent in one POST /feedback at most (the API's batch limit is larger).
+FEEDBACK_BATCH = 200
 # Read once, when Locust loads this file: a malformed value stops it before any user starts.
 SETTINGS = LoadTestSettings.from_env()
 
@@ -56,33 +66,66 @@ class PredictionUser(FastHttpUser):
     abstract = True
     wait_time = between(0.2, 1.0)
     drift = 0.0
+    sensor_fault = 0.0
     fault_share = 0.0
 
     def on_start(self) -> None:
-        # Each simulated client gets its own readings, drawn once.
-        self.pool = readings.records(POOL_SIZE, seed=random.randrange(2**31), drift=self.drift)
+        # Each simulated client gets its own readings and their true labels, drawn once.
+        labelled = readings.labelled_records(
+            POOL_SIZE, seed=random.randrange(2**31), drift=self.drift, sensor_fault=self.sensor_fault
+        )
+        self.pool = [record for record, _ in labelled]
+        self.truth = [label for _, label in labelled]
+        # (when to send it, prediction id, true label), oldest first.
+        self.due: deque[tuple[float, str, str]] = deque()
 
     def _headers(self) -> dict:
         if self.fault_share and random.random() < self.fault_share:
             return {**JSON_HEADERS, "X-Inject-Fault": "1"}
         return JSON_HEADERS
 
-    def _post(self, body: str, name: str) -> None:
-        self.client.post("/predict", data=body, headers=self._headers(), name=name)
+    def _post(self, body: str, name: str, truth: list[str]) -> None:
+        response = self.client.post("/predict", data=body, headers=self._headers(), name=name)
+        if response.status_code != 200 or not SETTINGS.feedback_share:
+            return
+        answer = response.json()
+        predictions = answer["predictions"] if "predictions" in answer else [answer["prediction"]]
+        when = time.monotonic() + SETTINGS.feedback_delay
+        for prediction, label in zip(predictions, truth, strict=True):
+            if random.random() < SETTINGS.feedback_share:
+                self.due.append((when, prediction["id"], label))
+
+    def _single(self, record: dict, label: str) -> None:
+        self._post(json.dumps(record), "/predict single", [label])
 
     @task(6)
     def single_normal(self) -> None:
-        self._post(json.dumps(EXAMPLES["Normal"] if not self.drift else random.choice(self.pool)), "/predict single")
+        if self.drift or self.sensor_fault:
+            index = random.randrange(POOL_SIZE)
+            self._single(self.pool[index], self.truth[index])
+        else:
+            self._single(EXAMPLES["Normal"], "Normal")
 
     @task(2)
     def single_hazardous(self) -> None:
-        self._post(json.dumps(EXAMPLES["Hazardous"]), "/predict single")
+        self._single(EXAMPLES["Hazardous"], "Hazardous")
 
     @task(6)
     def batch(self) -> None:
         size = random.choice((5, 10, 25, 50, 100))
         start = random.randrange(POOL_SIZE - size)
-        self._post(json.dumps({"records": self.pool[start : start + size]}), f"/predict batch {size}")
+        body = json.dumps({"records": self.pool[start : start + size]})
+        self._post(body, f"/predict batch {size}", self.truth[start : start + size])
+
+    @task(3)
+    def feedback(self) -> None:
+        """Send the labels that are due, as one batch."""
+        now, items = time.monotonic(), []
+        while self.due and self.due[0][0] <= now and len(items) < FEEDBACK_BATCH:
+            _, prediction_id, label = self.due.popleft()
+            items.append({"id": prediction_id, "label": label})
+        if items:
+            self.client.post("/feedback", data=json.dumps({"feedback": items}), headers=JSON_HEADERS, name="/feedback")
 
     @task(2)
     def health(self) -> None:
@@ -108,6 +151,12 @@ class DriftUser(PredictionUser):
     """Readings drifted towards the stressed regime: more Hazardous predictions."""
 
     drift = SETTINGS.drift
+
+
+class SensorFaultUser(PredictionUser):
+    """The gas and vibration sensors under-read: inputs drift, and the model misses hazards."""
+
+    sensor_fault = SETTINGS.sensor_fault
 
 
 class ErrorBurstUser(PredictionUser):

@@ -8,12 +8,15 @@ features and training from ``hvs_model``.
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
+import hvs_store
 from flask import Flask
 from hvs_settings import ApiSettings
 from werkzeug.exceptions import HTTPException
 
 from hvs_api.extensions import ModelState
+from hvs_api.feedback import Feedback
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model_watcher import ModelWatcher
 from hvs_api.process_start import load_model_state, start_in_this_process
@@ -41,6 +44,10 @@ def config_from(settings: ApiSettings) -> dict:
         "FAULT_INJECTION_ENABLED": settings.fault_injection_enabled,
         "MODEL_URI": settings.model_uri_to_serve,
         "INFERENCE_RUNTIME": settings.inference_runtime,
+        # Where true labels are kept (None: beside the model store, read when the app is built).
+        "FEEDBACK_DB": settings.feedback_db or None,
+        "FEEDBACK_SECRET": settings.feedback_secret,
+        "FEEDBACK_MAX_AGE_SECONDS": settings.feedback_max_age_seconds,
         "APP_VERSION": APP_VERSION,
     }
 
@@ -49,7 +56,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: its settings from the environment (a malformed value raises SettingError,
     naming the variable), then ``test_config``.
 
-    ``test_config`` may hold ``MODEL`` (a ``LoadedModel`` or None) to skip loading from MLflow.
+    ``test_config`` may hold ``MODEL`` (a ``LoadedModel`` or None) to skip loading from MLflow,
+    and ``FEEDBACK_DB`` to keep its labels elsewhere.
     """
     app = Flask(__name__)
     app.config.from_mapping(config_from(ApiSettings.from_env()))
@@ -71,6 +79,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         state = load_model_state(app.config["MODEL_URI"], app.config["INFERENCE_RUNTIME"])
     app.extensions["hvs_model"] = state
     app.extensions["hvs_metrics"] = metrics
+    ledger_path = Path(app.config["FEEDBACK_DB"] or hvs_store.mlruns_dir() / "feedback.sqlite")
+    app.extensions["hvs_feedback"] = Feedback(
+        ledger_path, app.config["FEEDBACK_SECRET"], app.config["FEEDBACK_MAX_AGE_SECONDS"]
+    )
+    metrics.add_collector(app.extensions["hvs_feedback"].collector)
     app.extensions["hvs_watcher"] = ModelWatcher(
         state,
         metrics,

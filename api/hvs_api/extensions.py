@@ -1,10 +1,11 @@
-"""What one app instance holds at run time: the served model and its metrics."""
+"""What one app instance holds at run time: the served model, its metrics and its feedback."""
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flask import current_app
 
+from hvs_api.feedback import Feedback
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model import LoadedModel
 
@@ -35,3 +36,8 @@ def watcher() -> "ModelWatcher":
 def api_metrics() -> ApiMetrics:
     """The current app's metrics."""
     return current_app.extensions["hvs_metrics"]
+
+
+def feedback() -> Feedback:
+    """The current app's feedback ledger and prediction ids."""
+    return current_app.extensions["hvs_feedback"]

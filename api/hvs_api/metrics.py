@@ -17,16 +17,21 @@ anything that matches no route is ``endpoint="unmatched"``.
 import math
 import os
 
+import numpy as np
 from flask import Flask, request
-from hvs_model.features import LABELS
+from hvs_model.baseline import BIN_LABELS, Baseline
+from hvs_model.features import FEATURE_NAMES, LABELS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from hvs_api import metrics_files
+from hvs_api.feedback import FEEDBACK_REASONS
 from hvs_api.model import LoadedModel
 from hvs_api.runtime import FALLBACK_REASONS, RUNTIMES
-from hvs_api.validation import INVALID_REASONS
+from hvs_api.validation import FIELD_REASONS, INVALID_REASONS, UNKNOWN_FIELD, Problem
 
 UNMATCHED = "unmatched"
 
@@ -62,11 +67,22 @@ REQUESTS_IN_PROGRESS = "hvs_api_requests_in_progress"
 
 
 class _FoldAwareGunicornMetrics(GunicornInternalPrometheusMetrics):
-    """Reads the workers' files under the shared lock, so a fold in the master never shows half done."""
+    """Reads the workers' files under the shared lock, so a fold in the master never shows half
+    done, and adds the collectors that read state of their own (the feedback ledger): the
+    exporter builds a fresh registry of the files at each scrape, which would leave them out."""
+
+    extra_collectors: tuple = ()
 
     def generate_metrics(self, accept_header=None, names=None):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        for collector in self.extra_collectors:
+            registry.register(collector)
+        if names:
+            registry = registry.restricted_registry(names)
+        encode, content_type = choose_encoder(accept_header)
         with metrics_files.locked(os.environ["PROMETHEUS_MULTIPROC_DIR"], exclusive=False):
-            return super().generate_metrics(accept_header, names)
+            return encode(registry).decode("utf-8"), content_type
 
 
 def multiprocess_mode() -> bool:
@@ -196,6 +212,44 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # The served model's inputs against its training data (hvs_model.baseline): each
+        # feature's records per decile bin of the training values, the share of training
+        # records each bin held, and records outside the training range. Bins are "0" to "9"
+        # for every model, so a new model moves the cut points and never leaves series behind.
+        self.feature_bin_records = Counter(
+            "hvs_model_feature_bin_records_total",
+            "Predicted records by feature and by the training decile of the served model their value falls in",
+            ["feature", "bin"],
+            registry=registry,
+        )
+        self.feature_bin_training_share = Gauge(
+            "hvs_model_feature_bin_training_ratio",
+            "Share of the served model's training records in each bin of each feature, the input drift baseline",
+            ["feature", "bin"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.feature_out_of_training_range = Counter(
+            "hvs_model_feature_out_of_training_range_records_total",
+            "Predicted records whose value of the feature lies outside the range of the served model's training data",
+            ["feature"],
+            registry=registry,
+        )
+        # Every problem of a refused request that names a sensor field (hvs_api_invalid_requests
+        # counts the request once, by its first problem): which field a client gets wrong.
+        self.invalid_fields = Counter(
+            "hvs_api_invalid_fields_total",
+            "Problems with sensor fields in refused prediction requests, by field and reason",
+            ["field", "reason"],
+            registry=registry,
+        )
+
+        self.invalid_feedback = Counter(
+            "hvs_api_invalid_feedback_total",
+            "Feedback requests refused with a 4xx, by the first problem found",
+            ["reason"],
+            registry=registry,
+        )
 
         # Requests a worker is serving right now, summed over the live workers. When a worker
         # dies, the gunicorn master reads its last value before dropping its file: requests it
@@ -216,6 +270,17 @@ class ApiMetrics:
         self._hazardous = self.prediction_outcomes.labels(predicted_label_text=LABELS[1])
         for reason in INVALID_REASONS:
             self.invalid_requests.labels(reason=reason)
+        for reason in FEEDBACK_REASONS:
+            self.invalid_feedback.labels(reason=reason)
+        # [feature][bin], in FEATURE_NAMES and bin order, as Baseline.count returns them.
+        self._bins = [[self.feature_bin_records.labels(feature=f, bin=b) for b in BIN_LABELS] for f in FEATURE_NAMES]
+        self._outside = [self.feature_out_of_training_range.labels(feature=f) for f in FEATURE_NAMES]
+        self._fields = {
+            (f, r): self.invalid_fields.labels(field=f, reason=r)
+            for f in (*FEATURE_NAMES, UNKNOWN_FIELD)
+            for r in FIELD_REASONS
+            if (f == UNKNOWN_FIELD) == (r == "unknown_field")
+        }
 
     def model_changed(self, model: LoadedModel | None, previous: LoadedModel | None = None) -> None:
         """Publish which model this process serves (or that it serves none).
@@ -241,12 +306,20 @@ class ApiMetrics:
         # drift verdict is made, and the dashboard shows "no baseline".
         share = model.training_hazardous_share if model is not None else None
         self.training_hazardous_share.set(math.nan if share is None else share)
+        inputs = model.inputs if model is not None else None
+        for index, feature in enumerate(FEATURE_NAMES):
+            for bin_index, bin_label in enumerate(BIN_LABELS):
+                expected = inputs.features[index].expected[bin_index] if inputs is not None else math.nan
+                self.feature_bin_training_share.labels(feature=feature, bin=bin_label).set(expected)
         if model is None:
             return
         self.model_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
 
-    def predictions_made(self, hazard_probability, hazardous_mask, seconds: float) -> None:
-        """Count one accepted request's predictions: one ``inc(n)`` per label, not one per record."""
+    def predictions_made(
+        self, hazard_probability, hazardous_mask, seconds: float, matrix=None, inputs: Baseline | None = None
+    ) -> None:
+        """Count one accepted request's predictions: one ``inc(n)`` per label, not one per record,
+        and, given the model's input baseline, its records per feature bin."""
         records = len(hazard_probability)
         hazardous = int(hazardous_mask.sum())
         if hazardous:
@@ -257,6 +330,24 @@ class ApiMetrics:
         self.inference_duration.observe(seconds)
         for p in hazard_probability.tolist():
             self.hazard_probability.observe(p)
+        if inputs is None or matrix is None:
+            return
+        per_bin, outside = inputs.count(matrix)
+        for feature, bin_index in zip(*np.nonzero(per_bin), strict=True):
+            self._bins[feature][bin_index].inc(int(per_bin[feature, bin_index]))
+        for feature in np.flatnonzero(outside):
+            self._outside[feature].inc(int(outside[feature]))
+
+    def add_collector(self, collector) -> None:
+        """Export a collector's metrics too, read at each scrape."""
+        if isinstance(self.exporter, _FoldAwareGunicornMetrics):
+            self.exporter.extra_collectors += (collector,)
+        else:
+            self.registry.register(collector)
+
+    def feedback_refused(self, reason: str) -> None:
+        """Count a refused feedback request by its bounded reason."""
+        self.invalid_feedback.labels(reason=reason).inc()
 
     def fault_injected(self) -> None:
         """Count a request failed on purpose."""
@@ -266,6 +357,13 @@ class ApiMetrics:
         """Count a marked request, which no other metric counts."""
         self.synthetic_requests.labels(status=str(status)).inc()
 
-    def request_refused(self, reason: str) -> None:
-        """Count a refused prediction request by its bounded reason."""
+    def request_refused(self, reason: str, problems: list[Problem] = ()) -> None:
+        """Count a refused prediction request by its bounded reason, and its field problems."""
         self.invalid_requests.labels(reason=reason).inc()
+        found: dict[tuple[str, str], int] = {}
+        for problem in problems:
+            key = problem.field_label()
+            if key in self._fields:
+                found[key] = found.get(key, 0) + 1
+        for key, n in found.items():
+            self._fields[key].inc(n)

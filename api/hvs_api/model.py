@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import hvs_store as store
 import numpy as np
+from hvs_model import baseline as feature_baseline
 from hvs_model.features import FEATURE_NAMES
 from hvs_settings import ApiSettings
 from hvs_store import BASELINE_METRIC, MODEL_NAME
@@ -42,6 +43,9 @@ class LoadedModel:
     training_hazardous_share: float | None
     # What computes the probabilities: treelite or the estimator itself (hvs_api.runtime).
     runtime: runtimes.Runtime
+    # Each feature's training distribution, the baseline of the input drift rules (None for a
+    # model trained before it was logged: its inputs are then not binned).
+    inputs: feature_baseline.Baseline | None = None
 
     def hazard_probability(self, x: np.ndarray) -> np.ndarray:
         """Probability of the Hazardous class for each row of ``x`` (columns in ``FEATURE_NAMES`` order)."""
@@ -57,6 +61,7 @@ class LoadedModel:
             "training_hazardous_share": self.training_hazardous_share,
             "runtime": self.runtime.name,
             "runtime_fallback_reason": self.runtime.fallback_reason,
+            "feature_baseline": self.inputs is not None,
         }
 
 
@@ -74,6 +79,22 @@ def _registry_identity(client, uri: str, run_id: str) -> tuple[str, str]:
             newest = max(versions, key=lambda v: int(v.version))
             return newest.name, newest.version
     return MODEL_NAME, "unregistered"
+
+
+def _input_baseline(run_id: str) -> feature_baseline.Baseline | None:
+    """The run's feature baseline, or None (logged) when it has none or an unreadable one."""
+    import mlflow
+
+    if not run_id:
+        return None
+    try:
+        return feature_baseline.Baseline.from_dict(
+            mlflow.artifacts.load_dict(f"runs:/{run_id}/{feature_baseline.ARTIFACT}")
+        )
+    # A model from before the baseline was logged still serves; its inputs are not binned.
+    except Exception as exc:
+        log.warning("run %s has no usable %s (%s): input drift is not measured", run_id, feature_baseline.ARTIFACT, exc)
+        return None
 
 
 def load(uri: str, setting: str | None = None) -> LoadedModel:
@@ -107,4 +128,4 @@ def load(uri: str, setting: str | None = None) -> LoadedModel:
     # Every worker and every reload pays for the choice (treelite's build and its check): logged.
     chosen = runtimes.choose(estimator, setting or ApiSettings.from_env().inference_runtime)
     log.info("model %s version %s: %s", name, version, runtimes.describe(chosen))
-    return LoadedModel(estimator, uri, name, str(version), run_id, baseline, chosen)
+    return LoadedModel(estimator, uri, name, str(version), run_id, baseline, chosen, _input_baseline(run_id))

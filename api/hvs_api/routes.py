@@ -7,8 +7,10 @@ from hvs_model.features import LABELS
 from prometheus_flask_exporter import PrometheusMetrics
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from hvs_api import feedback as feedback_requests
 from hvs_api import openapi, validation
-from hvs_api.extensions import api_metrics, model_state
+from hvs_api.extensions import api_metrics, feedback, model_state
+from hvs_api.feedback_ledger import AlreadyLabelled
 
 bp = Blueprint("api", __name__)
 
@@ -30,8 +32,19 @@ def _synthetic() -> bool:
 
 def _refused(error: validation.RequestError, counted: bool = True):
     if counted:
-        api_metrics().request_refused(error.reason)
+        api_metrics().request_refused(error.reason, error.problems)
     return jsonify(error.as_dict()), error.status
+
+
+def _json_body():
+    """The decoded JSON body, or a RequestError (wrong media type, too large, incomplete, not JSON)."""
+    if request.mimetype != "application/json":
+        raise validation.refuse(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
+        )
+    return validation.parse_json(_body())
 
 
 def _body() -> bytes:
@@ -95,14 +108,7 @@ def _predict(counted: bool):
             api_metrics().fault_injected()
         return jsonify({"error": "injected_fault", "message": f"failed on purpose ({FAULT_HEADER} is set)"}), 500
     try:
-        if request.mimetype != "application/json":
-            raise validation.refuse(
-                415,
-                "unsupported_media_type",
-                f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
-            )
-        raw = _body()
-        features = validation.validate(validation.parse_json(raw), current_app.config["MAX_BATCH_RECORDS"])
+        features = validation.validate(_json_body(), current_app.config["MAX_BATCH_RECORDS"])
     except validation.RequestError as error:
         return _refused(error, counted)
 
@@ -112,20 +118,50 @@ def _predict(counted: bool):
     # Hazardous exactly where predict() would say so: the larger of the two class probabilities.
     hazardous = probability > 0.5
     if counted:
-        api_metrics().predictions_made(probability, hazardous, elapsed)
+        api_metrics().predictions_made(probability, hazardous, elapsed, features.matrix, model.inputs)
 
+    label_ids = hazardous.astype(int).tolist()
+    # The id to send the true label back with (POST /feedback).
+    ids = feedback().ids().issue(model.version, label_ids)
     predictions = [
         {
-            "label": LABELS[int(h)],
-            "label_id": int(h),
+            "id": prediction_id,
+            "label": LABELS[h],
+            "label_id": h,
             "hazard_probability": round(p, 6),
             "model_version": model.version,
         }
-        for p, h in zip(probability.tolist(), hazardous.tolist(), strict=True)
+        for prediction_id, p, h in zip(ids, probability.tolist(), label_ids, strict=True)
     ]
     body = {"predictions": predictions} if features.is_batch else {"prediction": predictions[0]}
     body["model"] = {"name": model.name, "version": model.version, "run_id": model.run_id}
     return jsonify(body)
+
+
+@bp.post("/feedback")
+def post_feedback():
+    """Record the true labels of earlier predictions: one (``{"id", "label"}``) or a batch (``{"feedback": [...]}``)."""
+    store = feedback()
+    try:
+        labels, oldest = feedback_requests.parse(
+            _json_body(), current_app.config["MAX_BATCH_RECORDS"], store.ids(), store.max_age_seconds
+        )
+        try:
+            store.ledger().record(labels, oldest=oldest)
+        except AlreadyLabelled as exc:
+            problems = [
+                validation.Problem(
+                    "already_labelled",
+                    f"{labels[i].field} has a label already; nothing of this request was recorded",
+                    labels[i].field,
+                )
+                for i in exc.positions
+            ]
+            raise validation.RequestError(409, problems) from exc
+    except validation.RequestError as error:
+        api_metrics().feedback_refused(error.reason)
+        return jsonify(error.as_dict()), error.status
+    return jsonify({"recorded": len(labels)})
 
 
 @bp.get("/health")

@@ -38,6 +38,12 @@ INVALID_REASONS: tuple[str, ...] = (
     "out_of_range",
 )
 
+# The reasons that are about one field of a record; hvs_api_invalid_fields_total counts them by
+# the sensor field, or by UNKNOWN_FIELD for a field that is not a sensor's (any name a client
+# sends would make the label unbounded).
+FIELD_REASONS: tuple[str, ...] = ("missing_field", "unknown_field", "wrong_type", "not_finite", "out_of_range")
+UNKNOWN_FIELD = "unknown"
+
 # At most this many problems are listed in one error response, to keep it small.
 MAX_PROBLEMS_REPORTED = 20
 
@@ -54,6 +60,12 @@ class Problem:
 
     def as_dict(self) -> dict:
         return {"field": self.field, "reason": self.reason, "message": self.message}
+
+    def field_label(self) -> tuple[str, str]:
+        """``(field, reason)`` as the field metric counts it: the sensor field's name without
+        its place in a batch (``records[3].gas_ppm`` is ``gas_ppm``), or UNKNOWN_FIELD."""
+        name = (self.field or "").rsplit(".", 1)[-1]
+        return (name if name in _RANGES else UNKNOWN_FIELD), self.reason
 
 
 @dataclass

@@ -17,15 +17,22 @@ Then 1 % of labels are flipped, as mislabelled maintenance records would be.
 
 ``drift`` (0 to 1) moves the whole population towards the stressed regime, which is how
 the load test's drift scenario shifts the Hazardous share away from its training baseline.
+
+``sensor_fault`` (0 to 1) is drift of another kind: the gas and vibration sensors under-read,
+by up to ``SENSOR_FAULT_LOSS`` of the true value, while the equipment is as before. The labels
+follow the true values, so the model, which sees the readings, misses hazards it would have
+flagged: the inputs drift, and then its recall falls (the load test's sensor-fault scenario).
 """
 
 import numpy as np
 
-from hvs_model.features import FEATURE_NAMES, FEATURES
+from hvs_model.features import FEATURE_NAMES, FEATURES, LABELS
 
 # Share of readings taken in the stressed regime when there is no drift.
 STRESSED_SHARE = 0.25
 LABEL_NOISE = 0.01
+# The share of the true value a failed gas or vibration sensor loses (at sensor_fault=1).
+SENSOR_FAULT_LOSS = 0.6
 # Standard deviation of the measurement noise, per feature, in the feature's unit.
 SENSOR_NOISE = np.array([1.5, 0.6, 6.0, 2.0, 20.0])
 
@@ -54,20 +61,35 @@ def _clip_to_ranges(x: np.ndarray) -> np.ndarray:
     return np.clip(x, low, high)
 
 
-def generate(n: int, seed: int = 42, drift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def generate(n: int, seed: int = 42, drift: float = 0.0, sensor_fault: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(X, y)``: ``n`` noisy readings in ``FEATURE_NAMES`` order and their labels."""
-    if not 0.0 <= drift <= 1.0:
-        raise ValueError(f"drift must be between 0 and 1, got {drift}")
+    for name, value in (("drift", drift), ("sensor_fault", sensor_fault)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
     rng = np.random.default_rng(seed)
     true_x = _clip_to_ranges(_true_readings(rng, n, drift))
     y = hazard_rule(true_x)
     flips = rng.random(n) < LABEL_NOISE
     y = np.where(flips, 1 - y, y)
-    observed = _clip_to_ranges(true_x + rng.normal(0.0, SENSOR_NOISE, size=true_x.shape))
-    return observed, y
+    observed = true_x + rng.normal(0.0, SENSOR_NOISE, size=true_x.shape)
+    if sensor_fault:
+        gain = 1.0 - SENSOR_FAULT_LOSS * sensor_fault
+        observed[:, 1] *= gain  # vibration
+        observed[:, 4] *= gain  # gas
+    return _clip_to_ranges(observed), y
 
 
-def records(n: int, seed: int = 42, drift: float = 0.0) -> list[dict[str, float]]:
+def records(n: int, seed: int = 42, drift: float = 0.0, sensor_fault: float = 0.0) -> list[dict[str, float]]:
     """Return ``n`` readings as JSON-ready request records, rounded to two decimals."""
-    x, _ = generate(n, seed=seed, drift=drift)
-    return [dict(zip(FEATURE_NAMES, (round(float(v), 2) for v in row), strict=True)) for row in x]
+    return [record for record, _ in labelled_records(n, seed, drift, sensor_fault)]
+
+
+def labelled_records(
+    n: int, seed: int = 42, drift: float = 0.0, sensor_fault: float = 0.0
+) -> list[tuple[dict[str, float], str]]:
+    """``n`` request records, each with its true label's text (the load test's feedback)."""
+    x, y = generate(n, seed=seed, drift=drift, sensor_fault=sensor_fault)
+    return [
+        (dict(zip(FEATURE_NAMES, (round(float(v), 2) for v in row), strict=True)), LABELS[int(label)])
+        for row, label in zip(x, y, strict=True)
+    ]

@@ -36,6 +36,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from hvs_model import baseline as feature_baseline
 from hvs_model import readings
 from hvs_model.features import FEATURE_NAMES, LABELS
 
@@ -149,6 +150,7 @@ def train(samples: int = 20_000, seed: int = 42, candidates: tuple[Candidate, ..
     x, y = readings.generate(samples, seed=seed)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
     baseline = float(y_train.mean())
+    inputs = feature_baseline.from_training(x_train).as_dict()
     # The signature names the columns for MLflow's UI and `mlflow models serve`.
     signature = infer_signature(pd.DataFrame(x_test[:5], columns=FEATURE_NAMES), np.zeros(5, dtype=int))
     requirements = [f"scikit-learn=={sklearn.__version__}", f"skops=={skops.__version__}"]
@@ -172,6 +174,8 @@ def train(samples: int = 20_000, seed: int = 42, candidates: tuple[Candidate, ..
                 },
                 "confusion_matrix.json",
             )
+            # Each feature's training distribution: the API counts live records in its bins.
+            mlflow.log_dict(inputs, feature_baseline.ARTIFACT)
             mlflow.set_tag("features", ",".join(FEATURE_NAMES))
             info = mlflow.sklearn.log_model(
                 model,

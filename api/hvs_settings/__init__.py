@@ -205,6 +205,21 @@ class ApiSettings(FromEnvironment):
         "PROMETHEUS_MULTIPROC_DIR", text(), "/tmp/hvs-api-metrics",
         "where workers share metric values; emptied when the server starts",
     )  # fmt: skip
+    feedback_db: str = setting(
+        "FEEDBACK_DB", text(), "",
+        "the SQLite file that keeps true labels (`POST /feedback`), shared by the workers",
+        shown="`feedback.sqlite` in `MLRUNS_DIR`",
+    )  # fmt: skip
+    feedback_secret: str = setting(
+        "FEEDBACK_SECRET", text(), "",
+        "signs prediction ids; set the same value on every instance that must accept the others' ids",
+        shown="a random one, kept in `FEEDBACK_DB`",
+    )  # fmt: skip
+    feedback_max_age_seconds: float = setting(
+        "FEEDBACK_MAX_AGE_SECONDS", number(1), 7 * 86400.0,
+        "how long a prediction id accepts its label; older ids are refused and forgotten",
+        shown="`604800` (7 days)",
+    )  # fmt: skip
     access_log: bool = setting("ACCESS_LOG", flag(), False, "gunicorn's access log on stdout")
     log_level: str = setting("LOG_LEVEL", choice(*LOG_LEVELS), "info", "the app's and gunicorn's log level")
 
@@ -244,6 +259,16 @@ class LoadTestSettings(FromEnvironment):
     drift: float = setting("HVS_DRIFT", number(0, 1), 1.0, "how far `DriftUser`'s readings move to the stressed regime")
     fault_share: float = setting(
         "HVS_FAULT_SHARE", number(0, 1), 0.3, "share of `ErrorBurstUser`'s requests that ask for an injected 500"
+    )
+    sensor_fault: float = setting(
+        "HVS_SENSOR_FAULT", number(0, 1), 1.0,
+        "how much `SensorFaultUser`'s gas and vibration sensors under-read (1: by 60 %)",
+    )  # fmt: skip
+    feedback_share: float = setting(
+        "HVS_FEEDBACK_SHARE", number(0, 1), 0.5, "share of predicted records whose true label every user sends back"
+    )
+    feedback_delay: float = setting(
+        "HVS_FEEDBACK_DELAY", number(0), 30.0, "seconds from a prediction to its label's `POST /feedback`"
     )
     max_failure_ratio: float = setting(
         "HVS_MAX_FAILURE_RATIO", number(0, 1), 0.01, "a headless run with more failures exits 1 (not error bursts)"

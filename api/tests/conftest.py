@@ -89,12 +89,14 @@ def session_store(mlruns, use_store) -> Path:
 
 
 @pytest.fixture
-def make_app() -> Iterator[Callable[[dict], Flask]]:
-    """``make_app(config)`` is ``create_app(config)``; each app's model watcher is stopped when the test ends."""
+def make_app(tmp_path_factory) -> Iterator[Callable[[dict], Flask]]:
+    """``make_app(config)`` is ``create_app(config)``, with a feedback ledger of its own unless the
+    config names one; each app's model watcher is stopped when the test ends."""
     apps: list[Flask] = []
 
     def make(config: dict) -> Flask:
-        apps.append(create_app(config))
+        ledger = tmp_path_factory.mktemp("feedback") / "feedback.sqlite"
+        apps.append(create_app({"FEEDBACK_DB": str(ledger), **config}))
         return apps[-1]
 
     yield make

@@ -16,7 +16,7 @@ from hvs_api.metrics_files import ARCHIVE, FOLDABLE
 from tests.support.api_server import answers_of_both_workers, connections_to_each_worker, request_on
 from tests.support.dockerfile import image_cmd, image_env
 from tests.support.environment import run_id_of
-from tests.support.metrics_text import metric_value, predict_ok, values_by_label
+from tests.support.metrics_text import metric_value, predict_ok, samples, values_by_label
 from tests.support.paths import HAZARDOUS, NORMAL, ROOT
 from tests.support.waiting import wait_for
 from tests.support.web import free_port, http
@@ -72,11 +72,18 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
 def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, start_api):
     server = start_api(trained_mlruns, workers=2)
     predict_many(server, 2, 2)
+    # A label too, so that the feedback ledger's series are linted with the rest.
+    _, body = http("POST", server.url + "/predict", NORMAL)
+    assert (
+        http("POST", server.url + "/feedback", {"id": json.loads(body)["prediction"]["id"], "label": "Normal"})[0]
+        == 200
+    )
     text = server.metrics()
     # The series the user's PromQL selects, label for label.
-    assert predict_ok(text) == 4
+    assert predict_ok(text) == 5
     assert 'flask_http_request_duration_seconds_bucket{endpoint="/predict",handler="api.predict"' in text
     assert metric_value(text, "hvs_api_prediction_outcomes_total", predicted_label_text="Hazardous") == 2
+    assert metric_value(text, "hvs_model_feedback_delay_seconds_count") == 1
     assert metric_value(text, "app_info", version="1.0.0") == 1
     assert metric_value(text, "hvs_model_loaded") == 1
     # Two live workers of worker_connections (api/gunicorn.conf.py) each.
@@ -85,6 +92,41 @@ def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, 
     lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     problems = [line for line in (lint.stdout + lint.stderr).splitlines() if line.strip()]
     assert problems == [], problems
+
+
+def test_labels_are_exact_across_workers_a_killed_worker_and_a_restart(trained_mlruns, start_api):
+    server = start_api(trained_mlruns, workers=2)
+    with connections_to_each_worker(server) as connections:
+        first, second = sorted(connections)
+        ids = []
+        for pid in (first, second):
+            _, body = request_on(connections[pid], "POST", "/predict", {"records": [NORMAL] * 3 + [HAZARDOUS] * 2})
+            ids += [p["id"] for p in json.loads(body)["predictions"]]
+        # Each worker records labels for ids the other issued.
+        for pid, half in ((second, ids[:5]), (first, ids[5:8])):
+            items = [{"id": i, "label": "Hazardous"} for i in half]
+            assert request_on(connections[pid], "POST", "/feedback", {"feedback": items})[0] == 200
+    server.kill_worker()
+    wait_for(lambda: http("GET", server.url + "/ready")[0] == 200, 30, "readiness after the restart")
+    # Labelled before the worker died: still refused, whichever worker answers.
+    for i in ids[:8]:
+        assert http("POST", server.url + "/feedback", {"id": i, "label": "Normal"})[0] == 409
+    server.stop()
+    server.start()
+    # After a restart of the whole server, on the same ledger: the rest, once.
+    assert (
+        http("POST", server.url + "/feedback", {"feedback": [{"id": i, "label": "Normal"} for i in ids[8:]]})[0] == 200
+    )
+    assert http("POST", server.url + "/feedback", {"id": ids[9], "label": "Normal"})[0] == 409
+    text = server.metrics()
+    counts = {
+        (labels["predicted_label_text"], labels["true_label_text"]): value
+        for name, labels, value in samples(text)
+        if name == "hvs_model_feedback_records_total"
+    }
+    # ids[:8]: 3 Normal and 2 Hazardous predicted, then 3 Normal; all labelled Hazardous. ids[8:]:
+    # the second batch's 2 Hazardous, labelled Normal.
+    assert counts == {("Normal", "Hazardous"): 6, ("Hazardous", "Hazardous"): 2, ("Hazardous", "Normal"): 2}
 
 
 def cpu_seconds_by_thread(pid: int) -> dict[int, float]:

@@ -158,6 +158,8 @@ class ApiServer:
                 "HOST": "127.0.0.1",
                 "PORT": str(self.port),
                 "WORKERS": str(self.workers),
+                # A ledger of this server's own: the trained store is shared by the session.
+                "FEEDBACK_DB": str(self.metrics_dir.parent / f"feedback-{self.port}.sqlite"),
                 "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
             }
         )

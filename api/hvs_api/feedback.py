@@ -1,0 +1,163 @@
+"""``POST /feedback``: the true labels of earlier predictions, by the ids ``/predict`` gave them.
+
+One label::
+
+    {"id": "AWsWF2Si...", "label": "Hazardous"}
+
+or a batch::
+
+    {"feedback": [{"id": "...", "label": "Normal"}, ...]}
+
+Refused with a 4xx and a JSON error, as ``/predict`` refuses its bodies, and recorded all or
+nothing: an id this API did not issue (or that was altered) is ``unknown_prediction_id``, one
+older than ``FEEDBACK_MAX_AGE_SECONDS`` is ``expired_prediction_id``, the same id twice in one
+batch is ``repeated_id``, and an id labelled before is ``already_labelled`` (409), counted once.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from hvs_model.features import LABELS
+
+from hvs_api.feedback_ledger import FeedbackCollector, FeedbackLedger, Label
+from hvs_api.prediction_ids import InvalidId, PredictionIds
+from hvs_api.validation import Problem, RequestError, refuse
+
+# Every reason a feedback request can be refused for (hvs_api_invalid_feedback_total's labels).
+FEEDBACK_REASONS: tuple[str, ...] = (
+    "unsupported_media_type",
+    "body_too_large",
+    "body_incomplete",
+    "malformed_json",
+    "duplicate_key",
+    "invalid_shape",
+    "empty_batch",
+    "batch_too_large",
+    "missing_field",
+    "unknown_field",
+    "wrong_type",
+    "unknown_label",
+    "unknown_prediction_id",
+    "expired_prediction_id",
+    "repeated_id",
+    "already_labelled",
+)
+FIELDS = ("id", "label")
+LABEL_TEXTS = tuple(LABELS.values())
+
+
+class Feedback:
+    """One app's feedback: the ledger (opened once per process: a SQLite connection must not
+    cross gunicorn's fork) and the ids, signed with the configured or the ledger's secret."""
+
+    def __init__(self, path: Path, secret: str, max_age_seconds: float):
+        self.path = path
+        self.max_age_seconds = max_age_seconds
+        self._secret = secret.encode() if secret else None
+        self._pid: int | None = None
+        self._ledger: FeedbackLedger | None = None
+        self._ids: PredictionIds | None = None
+        self.collector = FeedbackCollector(self)
+
+    def _open(self) -> None:
+        if self._pid != os.getpid():
+            self._ledger = FeedbackLedger(self.path, LABELS)
+            self._ids = PredictionIds(self._secret or self._ledger.secret())
+            self._pid = os.getpid()
+
+    def ledger(self) -> FeedbackLedger:
+        self._open()
+        return self._ledger
+
+    def ids(self) -> PredictionIds:
+        self._open()
+        return self._ids
+
+    # The collector reads through this object, so that it uses this process's connection.
+    def confusion(self):
+        return self.ledger().confusion()
+
+    def delays(self):
+        return self.ledger().delays()
+
+
+def parse(payload: object, max_records: int, ids: PredictionIds, max_age_seconds: float, now: float | None = None):
+    """The labels a decoded feedback body gives, or ``RequestError``."""
+    now = time.time() if now is None else now
+    if isinstance(payload, dict) and "feedback" in payload:
+        if len(payload) > 1:
+            extra = sorted(k for k in payload if k != "feedback")
+            raise refuse(422, "unknown_field", f"a batch has only the key 'feedback', not {extra}", extra[0])
+        items = payload["feedback"]
+        if not isinstance(items, list):
+            raise refuse(400, "invalid_shape", "'feedback' must be a list of objects", "feedback")
+        if not items:
+            raise refuse(422, "empty_batch", "'feedback' must hold at least one label", "feedback")
+        if len(items) > max_records:
+            raise refuse(
+                422, "batch_too_large", f"a batch holds at most {max_records} labels, got {len(items)}", "feedback"
+            )
+        paths = [f"feedback[{i}]" for i in range(len(items))]
+    elif isinstance(payload, dict):
+        items, paths = [payload], [""]
+    else:
+        raise refuse(
+            400, "invalid_shape", 'the body must be a JSON object: {"id": ..., "label": ...}, or {"feedback": [...]}'
+        )
+
+    problems: list[Problem] = []
+    labels: list[Label] = []
+    first_seen: dict[bytes, str] = {}
+    oldest = now - max_age_seconds
+    for item, where in zip(items, paths, strict=True):
+        prefix = f"{where}." if where else ""
+        if not isinstance(item, dict):
+            problems.append(Problem("invalid_shape", f"{where} must be an object with 'id' and 'label'", where or None))
+            continue
+        found = [
+            Problem("missing_field", f"the field {name!r} is required", prefix + name)
+            for name in FIELDS
+            if name not in item
+        ]
+        found += [
+            Problem("unknown_field", f"the field {name!r} is not one of {', '.join(FIELDS)}", prefix + name)
+            for name in item
+            if name not in FIELDS
+        ]
+        text, label = item.get("id"), item.get("label")
+        if "id" in item and not isinstance(text, str):
+            found.append(
+                Problem("wrong_type", f"{prefix}id must be a string, got {type(text).__name__}", prefix + "id")
+            )
+        if "label" in item and label not in LABEL_TEXTS:
+            reason = "wrong_type" if not isinstance(label, str) else "unknown_label"
+            found.append(Problem(reason, f"{prefix}label must be one of {', '.join(LABEL_TEXTS)}", prefix + "label"))
+        if found:
+            problems += found
+            continue
+        try:
+            prediction = ids.read(text)
+        except InvalidId:
+            problems.append(Problem("unknown_prediction_id", f"{prefix}id was not issued by this API", prefix + "id"))
+            continue
+        if prediction.issued_at < oldest:
+            problems.append(
+                Problem(
+                    "expired_prediction_id",
+                    f"{prefix}id is older than {max_age_seconds:g} seconds and no longer takes a label",
+                    prefix + "id",
+                )
+            )
+            continue
+        if prediction.key in first_seen:
+            problems.append(
+                Problem("repeated_id", f"{prefix}id is also given at {first_seen[prediction.key]}", prefix + "id")
+            )
+            continue
+        first_seen[prediction.key] = where or "the top level"
+        labels.append(Label(prediction, label, prefix + "id"))
+    if problems:
+        status = 400 if problems[0].reason == "invalid_shape" else 422
+        raise RequestError(status, problems)
+    return labels, int(oldest)
