@@ -7,6 +7,10 @@ first measurement:
 1. ``hello``: a bare Flask POST endpoint (loadtest/hello_app.py), the HTTP stack's floor;
 2. ``predict``: the API's ``/predict``, one record and a 100-record batch, metrics on;
 3. ``predict-nometrics``: the same with ``METRICS_ENABLED=false``;
+   ``predict-nochallenger``: the same with the challenger off (``CHALLENGER_SHARE=0``), and
+   ``predict-nomonitoring``: also without the model monitoring (``MODEL_MONITORING_ENABLED=false``:
+   no per-feature bins, no prediction ids), one record and a 100-record batch each: what the
+   input-drift counts and the ids cost, and what scoring the challenger costs;
 4. ``predict-sync``: the API's ``/predict``, one record, with ``WORKER_CLASS=sync`` (gunicorn's
    sync workers, as the API served before the gevent worker): beside ``predict``, what the gevent worker
    costs. wrk keeps its connections alive, but a sync worker closes each connection after its
@@ -56,6 +60,11 @@ WORKERS = 2
 GEVENT = "gevent"
 GEVENT_TARGET = "predict single"
 SYNC_TARGET = "predict single, sync worker"
+# The rows of the API without the challenger, and without the challenger and the model monitoring.
+NOCHALLENGER_SINGLE = "predict single, no challenger"
+NOCHALLENGER_BATCH = "predict batch 100, no challenger"
+NOMONITORING_SINGLE = "predict single, no model monitoring"
+NOMONITORING_BATCH = "predict batch 100, no model monitoring"
 # The rows of the API with scikit-learn computing the probabilities (INFERENCE_RUNTIME=sklearn).
 SKLEARN_SINGLE = "predict single, sklearn runtime"
 SKLEARN_BATCH = "predict batch 100, sklearn runtime"
@@ -333,11 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLRUNS_DIR"] = str(mlruns)
     import hvs_store as store
     from hvs_model import readings
+    from hvs_settings import ApiSettings
 
     from hvs_api import model
 
-    champion = model.load(model.model_uri_from_env({}), "auto")
-    champion_sklearn = model.load(model.model_uri_from_env({}), "sklearn")
+    uri = ApiSettings.from_env().model_uri_to_serve
+    champion = model.load(uri, "auto")
+    champion_sklearn = model.load(uri, "sklearn")
     record = json.loads((ROOT / "test_payload.json").read_text())
     batch = readings.records(100, seed=11)
 
@@ -367,6 +378,23 @@ def main(argv: list[str] | None = None) -> int:
             gunicorn,
             ROOT / "api",
             {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m2"), "METRICS_ENABLED": "false"},
+        ),
+        "predict-nochallenger": Server(
+            "predict-nochallenger",
+            gunicorn,
+            ROOT / "api",
+            {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m7"), "CHALLENGER_SHARE": "0"},
+        ),
+        "predict-nomonitoring": Server(
+            "predict-nomonitoring",
+            gunicorn,
+            ROOT / "api",
+            {
+                **api_env,
+                "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m8"),
+                "CHALLENGER_SHARE": "0",
+                "MODEL_MONITORING_ENABLED": "false",
+            },
         ),
         "predict-sklearn": Server(
             "predict-sklearn",
@@ -427,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"dataframe_records": [record]}),
         ),
         Target("predict batch 100", servers["predict"], "/predict", json.dumps({"records": batch}), rows=100),
+        Target(NOCHALLENGER_SINGLE, servers["predict-nochallenger"], "/predict", json.dumps(record)),
+        Target(
+            NOCHALLENGER_BATCH, servers["predict-nochallenger"], "/predict", json.dumps({"records": batch}), rows=100
+        ),
+        Target(NOMONITORING_SINGLE, servers["predict-nomonitoring"], "/predict", json.dumps(record)),
+        Target(
+            NOMONITORING_BATCH, servers["predict-nomonitoring"], "/predict", json.dumps({"records": batch}), rows=100
+        ),
         Target(SKLEARN_SINGLE, servers["predict-sklearn"], "/predict", json.dumps(record)),
         Target(SKLEARN_BATCH, servers["predict-sklearn"], "/predict", json.dumps({"records": batch}), rows=100),
     ]
@@ -460,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         rss = {name: [round(rss_mib(pid), 1) for pid in server.workers()] for name, server in servers.items()}
 
         predict = servers["predict"]
+        # Samples of one scrape after the load (each series once per bucket or sample line).
+        scrape_samples = sum(1 for line in predict.metrics().decode().splitlines() if line and not line.startswith("#"))
         files_before = len(list((workdir / "m1").glob("*.db")))
         scrape_before = scrape_ms(predict)
         log(f"replacing the predict server's workers {args.restarts} times")
@@ -509,6 +547,19 @@ def main(argv: list[str] | None = None) -> int:
             0.05,
         ),
         ("batch 100 rows/s vs single rows/s", rps["predict batch 100"] * 100 / rps["predict single"], ">=", 20.0),
+        (
+            "model monitoring on vs off, single (throughput kept)",
+            rps[NOCHALLENGER_SINGLE] / rps[NOMONITORING_SINGLE],
+            ">=",
+            0.95,
+        ),
+        (
+            "model monitoring on vs off, batch 100 (throughput kept)",
+            rps[NOCHALLENGER_BATCH] / rps[NOMONITORING_BATCH],
+            ">=",
+            0.9,
+        ),
+        ("samples in one /metrics scrape, against the budget", scrape_samples / 1000, "<=", 1.0),
         ("/metrics scrape, ms", scrape_before, "<=", 20.0),
         (f"/metrics scrape after {args.restarts} restarts vs before", scrape_after / scrape_before, "<=", 1.5),
     ]
@@ -548,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runtime": runtime_cost(table, model_call, model_call_sklearn),
         "worker_rss_mib": rss,
+        # What scoring the challenger costs: throughput kept with it against without it.
+        "challenger": {
+            "single_throughput_kept": rps["predict single"] / rps[NOCHALLENGER_SINGLE],
+            "batch_throughput_kept": rps["predict batch 100"] / rps[NOCHALLENGER_BATCH],
+        },
         "scrape": {
+            "samples": scrape_samples,
             "before_ms": scrape_before,
             "after_ms": scrape_after,
             "restarts": args.restarts,
@@ -682,7 +739,12 @@ def render(results: dict) -> str:
         "",
         f"/metrics scrape: {results['scrape']['before_ms']:.1f} ms with {results['scrape']['files_before']} files, "
         f"{results['scrape']['after_ms']:.1f} ms with {results['scrape']['files_after']} files after "
-        f"{results['scrape']['restarts']} worker restarts ({results['scrape']['restart_seconds']:.0f} s).",
+        f"{results['scrape']['restarts']} worker restarts ({results['scrape']['restart_seconds']:.0f} s); "
+        f"{results['scrape']['samples']} samples a scrape.",
+        "",
+        f"Scoring the challenger beside the champion keeps {results['challenger']['single_throughput_kept']:.2f} of "
+        f"the single-record throughput and {results['challenger']['batch_throughput_kept']:.2f} of the "
+        "100-record batch's (a second model call per request).",
         "",
         replacement_line(results["replacement"]),
         "",

@@ -90,13 +90,14 @@ def workloads_of(obj: dict, objects: list[dict]) -> set[str]:
         return with_pods((spec.get("podSelector") or spec.get("selector"))["matchLabels"], namespace)
     if kind == "HorizontalPodAutoscaler":
         return {spec["scaleTargetRef"]["name"]}
-    if kind == "ConfigMap":
+    if kind in ("ConfigMap", "Secret"):
         return {
             d["metadata"]["name"]
             for d in deployments
             if d["metadata"]["namespace"] == namespace
             and any(
                 v.get("configMap", {}).get("name") == obj["metadata"]["name"]
+                or v.get("secret", {}).get("secretName") == obj["metadata"]["name"]
                 for v in d["spec"]["template"]["spec"].get("volumes", [])
             )
         }

@@ -19,7 +19,7 @@ from hvs_api.extensions import ModelState
 from hvs_api.feedback import Feedback
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model_watcher import ModelWatcher
-from hvs_api.process_start import load_model_state, start_in_this_process
+from hvs_api.process_start import load_challenger, load_model_state, start_in_this_process
 from hvs_api.responses import internal_error, json_error, security_headers
 
 # gunicorn.conf.py's post_worker_init calls start_in_this_process from here.
@@ -31,6 +31,13 @@ except PackageNotFoundError:  # Run from a source tree that was never installed.
     APP_VERSION = "0+unknown"
 
 
+def _read_secret(path: str) -> str:
+    """The secret in ``path``, or "" when no such file exists (an optional Secret not created)."""
+    if not path or not Path(path).is_file():
+        return ""
+    return Path(path).read_text().strip()
+
+
 def config_from(settings: ApiSettings) -> dict:
     """The app's configuration (Flask's names where Flask has one) from the API's settings."""
     return {
@@ -38,15 +45,18 @@ def config_from(settings: ApiSettings) -> dict:
         "MAX_CONTENT_LENGTH": settings.max_body_bytes,
         "MAX_BATCH_RECORDS": settings.max_batch_records,
         "METRICS_ENABLED": settings.metrics_enabled,
+        "MODEL_MONITORING_ENABLED": settings.model_monitoring_enabled,
         # How often each worker asks the registry whether the champion alias moved (0: never).
         "MODEL_RELOAD_SECONDS": settings.model_reload_seconds,
         # The lab's demo switch: when on, /predict requests carrying "X-Inject-Fault: 1" fail with a 500.
         "FAULT_INJECTION_ENABLED": settings.fault_injection_enabled,
         "MODEL_URI": settings.model_uri_to_serve,
+        "CHALLENGER_URI": settings.challenger_uri,
+        "CHALLENGER_SHARE": settings.challenger_share,
         "INFERENCE_RUNTIME": settings.inference_runtime,
         # Where true labels are kept (None: beside the model store, read when the app is built).
         "FEEDBACK_DB": settings.feedback_db or None,
-        "FEEDBACK_SECRET": settings.feedback_secret,
+        "FEEDBACK_SECRET": settings.feedback_secret or _read_secret(settings.feedback_secret_file),
         "FEEDBACK_MAX_AGE_SECONDS": settings.feedback_max_age_seconds,
         "APP_VERSION": APP_VERSION,
     }
@@ -57,7 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     naming the variable), then ``test_config``.
 
     ``test_config`` may hold ``MODEL`` (a ``LoadedModel`` or None) to skip loading from MLflow,
-    and ``FEEDBACK_DB`` to keep its labels elsewhere.
+    with ``CHALLENGER`` beside it, and ``FEEDBACK_DB`` to keep its labels elsewhere.
     """
     app = Flask(__name__)
     app.config.from_mapping(config_from(ApiSettings.from_env()))
@@ -73,10 +83,14 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.after_request(security_headers)
 
     metrics = ApiMetrics(app, app.config["APP_VERSION"], enabled=app.config["METRICS_ENABLED"])
+    challenger_uri = app.config["CHALLENGER_URI"]
     if "MODEL" in app.config:
         state = ModelState(app.config["MODEL"], "" if app.config["MODEL"] else "no model given")
+        state.challenger = app.config.get("CHALLENGER")
     else:
         state = load_model_state(app.config["MODEL_URI"], app.config["INFERENCE_RUNTIME"])
+        if challenger_uri:
+            state.challenger = load_challenger(challenger_uri, app.config["INFERENCE_RUNTIME"])
     app.extensions["hvs_model"] = state
     app.extensions["hvs_metrics"] = metrics
     ledger_path = Path(app.config["FEEDBACK_DB"] or hvs_store.mlruns_dir() / "feedback.sqlite")
@@ -90,5 +104,17 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config["MODEL_URI"],
         0.0 if "MODEL" in app.config else app.config["MODEL_RELOAD_SECONDS"],
         app.config["INFERENCE_RUNTIME"],
+    )
+    app.extensions["hvs_challenger_watcher"] = (
+        ModelWatcher(
+            state,
+            metrics,
+            challenger_uri or "",
+            0.0 if "MODEL" in app.config else app.config["MODEL_RELOAD_SECONDS"],
+            app.config["INFERENCE_RUNTIME"],
+            slot="challenger",
+        )
+        if challenger_uri or state.challenger is not None
+        else None
     )
     return app

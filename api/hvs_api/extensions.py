@@ -19,6 +19,8 @@ class ModelState:
 
     model: LoadedModel | None = None
     error: str = ""
+    # The model scored beside the champion (the registry's challenger alias), never answering.
+    challenger: LoadedModel | None = None
     # The process that last published the model's metrics (see ApiMetrics.model_changed).
     published_pid: int | None = None
 
@@ -31,6 +33,11 @@ def model_state() -> ModelState:
 def watcher() -> "ModelWatcher":
     """The current app's model watcher."""
     return current_app.extensions["hvs_watcher"]
+
+
+def challenger_watcher() -> "ModelWatcher | None":
+    """The current app's challenger watcher, None when no challenger is scored."""
+    return current_app.extensions["hvs_challenger_watcher"]
 
 
 def api_metrics() -> ApiMetrics:

@@ -244,6 +244,25 @@ class ApiMetrics:
             registry=registry,
         )
 
+        # The challenger (the registry's challenger alias), scored beside the champion on a share
+        # of the records, never answering: which model it is, and how often it agrees.
+        self.challenger_info = Gauge(
+            "hvs_model_challenger_info",
+            "The model scored beside the champion (value 1), by registered name, version and training run",
+            ["model_name", "model_version", "run_id"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.challenger_scored = Counter(
+            "hvs_model_challenger_scored_records_total",
+            "Records the challenger scored beside the champion",
+            registry=registry,
+        )
+        self.challenger_agreed = Counter(
+            "hvs_model_challenger_agreed_records_total",
+            "Records the challenger scored and labelled as the champion did",
+            registry=registry,
+        )
         self.invalid_feedback = Counter(
             "hvs_api_invalid_feedback_total",
             "Feedback requests refused with a 4xx, by the first problem found",
@@ -337,6 +356,20 @@ class ApiMetrics:
             self._bins[feature][bin_index].inc(int(per_bin[feature, bin_index]))
         for feature in np.flatnonzero(outside):
             self._outside[feature].inc(int(outside[feature]))
+
+    def challenger_changed(self, model: LoadedModel | None, previous: LoadedModel | None = None) -> None:
+        """Publish which challenger this process scores (or none), as model_changed does for the champion."""
+        if previous is not None:
+            self.challenger_info.labels(
+                model_name=previous.name, model_version=previous.version, run_id=previous.run_id
+            ).set(0)
+        if model is not None:
+            self.challenger_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
+
+    def challenger_scored_records(self, scored: int, agreed: int) -> None:
+        self.challenger_scored.inc(scored)
+        if agreed:
+            self.challenger_agreed.inc(agreed)
 
     def add_collector(self, collector) -> None:
         """Export a collector's metrics too, read at each scrape."""

@@ -2,7 +2,11 @@
 
 from hvs_model.features import FEATURE_NAMES, FEATURES, LABELS
 
+from hvs_api.feedback import FEEDBACK_REASONS
 from hvs_api.validation import INVALID_REASONS
+
+# The reasons only /feedback gives; the others it shares with /predict.
+FEEDBACK_ONLY = tuple(r for r in FEEDBACK_REASONS if r not in INVALID_REASONS)
 
 
 def _record_schema() -> dict:
@@ -73,6 +77,23 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                     },
                 }
             },
+            "/feedback": {
+                "post": {
+                    "summary": "Record the true labels of earlier predictions, by their ids (all or nothing)",
+                    "requestBody": {"required": True, "content": _json("FeedbackRequest")},
+                    "responses": {
+                        "200": {"description": "Every label recorded", "content": _json("FeedbackResponse")},
+                        "400": _error_response("Malformed JSON or a body of the wrong shape"),
+                        "409": _error_response("An id has a label already; nothing was recorded"),
+                        "413": _error_response("Body larger than the limit"),
+                        "415": _error_response("Content-Type is not application/json"),
+                        "422": _error_response(
+                            "A field is missing, unknown or of the wrong type, a label unknown, an id unknown, "
+                            "expired or repeated, or the batch is empty or too large"
+                        ),
+                    },
+                }
+            },
             "/health": {
                 "get": {
                     "summary": "Liveness: the process serves requests",
@@ -112,8 +133,9 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                 },
                 "Prediction": {
                     "type": "object",
-                    "required": ["label", "label_id", "hazard_probability", "model_version"],
+                    "required": ["id", "label", "label_id", "hazard_probability", "model_version"],
                     "properties": {
+                        "id": {"type": "string", "description": "Send the true label back with it: POST /feedback"},
                         "label": {"type": "string", "enum": list(LABELS.values())},
                         "label_id": {"type": "integer", "enum": list(LABELS)},
                         "hazard_probability": {"type": "number", "minimum": 0, "maximum": 1},
@@ -128,6 +150,38 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                         "model": model_identity,
                     },
                 },
+                "Label": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "label"],
+                    "properties": {
+                        "id": {"type": "string", "description": "A prediction's id, as /predict gave it"},
+                        "label": {"type": "string", "enum": list(LABELS.values()), "description": "The true label"},
+                    },
+                },
+                "FeedbackRequest": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/Label"},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["feedback"],
+                            "properties": {
+                                "feedback": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": max_records,
+                                    "items": {"$ref": "#/components/schemas/Label"},
+                                }
+                            },
+                        },
+                    ]
+                },
+                "FeedbackResponse": {
+                    "type": "object",
+                    "required": ["recorded"],
+                    "properties": {"recorded": {"type": "integer", "minimum": 1}},
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error", "message"],
@@ -135,7 +189,8 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                         "error": {
                             "type": "string",
                             "description": "A short code: one of the invalid-input reasons "
-                            f"({', '.join(INVALID_REASONS)}) or an HTTP error name",
+                            f"({', '.join(INVALID_REASONS)}), of the feedback reasons "
+                            f"({', '.join(FEEDBACK_ONLY)}) or an HTTP error name",
                         },
                         "message": {"type": "string"},
                         "field": {"type": "string", "nullable": True},

@@ -5,7 +5,7 @@ import logging
 import os
 
 from hvs_api import model as model_loading
-from hvs_api.extensions import ModelState, api_metrics, model_state, watcher
+from hvs_api.extensions import ModelState, api_metrics, challenger_watcher, model_state, watcher
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,19 @@ def load_model_state(uri: str, setting: str) -> ModelState:
     return ModelState(loaded)
 
 
+def load_challenger(uri: str, setting: str):
+    """The challenger at ``uri``, or None (logged) when there is none: it is optional."""
+    try:
+        loaded = model_loading.load(uri, setting)
+    except model_loading.ModelUnavailable as exc:
+        log.info("no challenger scored beside the champion: %s", exc)
+        return None
+    log.info(
+        "scoring challenger %s version %s (run %s) beside the champion", loaded.name, loaded.version, loaded.run_id
+    )
+    return loaded
+
+
 def start_in_this_process():
     """Publish this process's model and start its watcher, once per process (call in an app context).
 
@@ -31,9 +44,13 @@ def start_in_this_process():
     # after a promotion (a crash, MAX_REQUESTS) starts with the master's older model, so it
     # first asks the registry which version the alias names: one query per new worker, and
     # check_once publishes the model it loads (the old version's series at 0).
-    state, model_watcher = model_state(), watcher()
+    state, model_watcher, other = model_state(), watcher(), challenger_watcher()
     if state.published_pid != os.getpid():
         state.published_pid = os.getpid()
         if not (model_watcher.watching and model_watcher.check_once()):
             api_metrics().model_changed(state.model)
+        if other is not None and not (other.watching and other.check_once()):
+            api_metrics().challenger_changed(state.challenger)
     model_watcher.ensure_started()
+    if other is not None:
+        other.ensure_started()

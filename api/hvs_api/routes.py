@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 from flask import Blueprint, current_app, jsonify, make_response, request
 from hvs_model.features import LABELS
 from prometheus_flask_exporter import PrometheusMetrics
@@ -117,25 +118,51 @@ def _predict(counted: bool):
     elapsed = time.perf_counter() - start
     # Hazardous exactly where predict() would say so: the larger of the two class probabilities.
     hazardous = probability > 0.5
+    monitoring = current_app.config["MODEL_MONITORING_ENABLED"]
     if counted:
-        api_metrics().predictions_made(probability, hazardous, elapsed, features.matrix, model.inputs)
+        api_metrics().predictions_made(
+            probability, hazardous, elapsed, features.matrix, model.inputs if monitoring else None
+        )
 
     label_ids = hazardous.astype(int).tolist()
-    # The id to send the true label back with (POST /feedback).
-    ids = feedback().ids().issue(model.version, label_ids)
     predictions = [
-        {
-            "id": prediction_id,
-            "label": LABELS[h],
-            "label_id": h,
-            "hazard_probability": round(p, 6),
-            "model_version": model.version,
-        }
-        for prediction_id, p, h in zip(ids, probability.tolist(), label_ids, strict=True)
+        {"label": LABELS[h], "label_id": h, "hazard_probability": round(p, 6), "model_version": model.version}
+        for p, h in zip(probability.tolist(), label_ids, strict=True)
     ]
+    if monitoring:
+        challenger, challenger_ids = _challenger_labels(features.matrix, hazardous, counted)
+        # The id to send the true label back with (POST /feedback), with both models' answers in it.
+        ids = feedback().ids().issue(model.version, label_ids, challenger, challenger_ids)
+        for prediction, prediction_id in zip(predictions, ids, strict=True):
+            prediction["id"] = prediction_id
     body = {"predictions": predictions} if features.is_batch else {"prediction": predictions[0]}
     body["model"] = {"name": model.name, "version": model.version, "run_id": model.run_id}
     return jsonify(body)
+
+
+def _challenger_labels(matrix, hazardous, counted: bool) -> tuple[str | None, list[int | None] | None]:
+    """The challenger's labels for a share of the records (None for the others), or (None, None)
+    without a challenger. Whatever it does, the answer is the champion's: a challenger that
+    fails is logged and skipped."""
+    challenger = model_state().challenger
+    share = current_app.config["CHALLENGER_SHARE"]
+    if challenger is None or share <= 0:
+        return None, None
+    chosen = np.arange(len(matrix)) if share >= 1 else np.flatnonzero(np.random.random(len(matrix)) < share)
+    labels: list[int | None] = [None] * len(matrix)
+    if len(chosen):
+        try:
+            theirs = challenger.hazard_probability(matrix[chosen]) > 0.5
+        except Exception:  # Scoring a challenger must never cost the client its answer.
+            current_app.logger.exception(
+                "challenger %s failed to score; answering with the champion", challenger.version
+            )
+            return None, None
+        for index, label in zip(chosen.tolist(), theirs.astype(int).tolist(), strict=True):
+            labels[index] = label
+        if counted:
+            api_metrics().challenger_scored_records(len(chosen), int(np.count_nonzero(theirs == hazardous[chosen])))
+    return challenger.version, labels
 
 
 @bp.post("/feedback")
@@ -202,6 +229,7 @@ def index():
             "service": "HVS Prediction API",
             "endpoints": {
                 "POST /predict": 'one record or {"records": [...]}',
+                "POST /feedback": '{"id": ..., "label": ...} or {"feedback": [...]}: true labels of predictions',
                 "GET /health": "liveness and model identity",
                 "GET /ready": "readiness (a model is loaded)",
                 "GET /metrics": "Prometheus metrics",

@@ -11,7 +11,9 @@ and the model itself.
 The rule that picks the champion: the highest F1 on the Hazardous class wins, except
 that any candidate within ``F1_TOLERANCE`` of that F1 and faster on a single record is
 preferred, the fastest of those winning. A hundredth of F1 is well inside the noise of a
-5,000-record test set, while a slower model costs every request the API serves.
+5,000-record test set, while a slower model costs every request the API serves. The same rule
+over the other candidates picks the runner-up, registered with the alias ``challenger``: the
+API scores it beside the champion, and the labels that come back say which was right.
 """
 
 import argparse
@@ -27,7 +29,7 @@ import pandas as pd
 import sklearn
 import skops
 import skops.io
-from hvs_store import BASELINE_METRIC, CHAMPION_ALIAS, EXPERIMENT, MODEL_NAME
+from hvs_store import BASELINE_METRIC, CHALLENGER_ALIAS, CHAMPION_ALIAS, EXPERIMENT, MODEL_NAME
 from sklearn.base import ClassifierMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -205,7 +207,26 @@ def train(samples: int = 20_000, seed: int = 42, candidates: tuple[Candidate, ..
     rule = f"best F1 on Hazardous; a faster candidate within {F1_TOLERANCE} of it wins"
     client.set_model_version_tag(MODEL_NAME, version.version, "selection_rule", rule)
     log.info("champion: %s, registered as %s version %s", champion.candidate.name, MODEL_NAME, version.version)
+    _register_challenger(client, [r for r in results if r is not champion])
     return champion
+
+
+def _register_challenger(client, others: list[Result]) -> None:
+    """The runner-up gets the challenger alias; with no other candidate, the alias goes, so that
+    the API never compares the new champion with a model of an older training."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not others:
+        try:
+            client.delete_registered_model_alias(MODEL_NAME, CHALLENGER_ALIAS)
+        except MlflowException:
+            pass  # There was none.
+        return
+    runner_up = pick_champion(others)
+    version = mlflow.register_model(runner_up.model_uri, MODEL_NAME)
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER_ALIAS, version.version)
+    log.info("challenger: %s, registered as %s version %s", runner_up.candidate.name, MODEL_NAME, version.version)
 
 
 def registered_champion():

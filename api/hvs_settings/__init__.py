@@ -201,9 +201,17 @@ class ApiSettings(FromEnvironment):
     metrics_enabled: bool = setting(
         "METRICS_ENABLED", flag(), True, "the default HTTP metrics (off only to measure their cost in `make bench`)"
     )
+    model_monitoring_enabled: bool = setting(
+        "MODEL_MONITORING_ENABLED", flag(), True,
+        "the per-feature drift counts and the prediction ids (off only to measure their cost in `make bench`)",
+    )  # fmt: skip
     prometheus_multiproc_dir: str = setting(
         "PROMETHEUS_MULTIPROC_DIR", text(), "/tmp/hvs-api-metrics",
         "where workers share metric values; emptied when the server starts",
+    )  # fmt: skip
+    challenger_share: float = setting(
+        "CHALLENGER_SHARE", number(0, 1), 1.0,
+        "share of records the `challenger` alias's model also scores, when the champion alias is served (0: none)",
     )  # fmt: skip
     feedback_db: str = setting(
         "FEEDBACK_DB", text(), "",
@@ -214,6 +222,10 @@ class ApiSettings(FromEnvironment):
         "FEEDBACK_SECRET", text(), "",
         "signs prediction ids; set the same value on every instance that must accept the others' ids",
         shown="a random one, kept in `FEEDBACK_DB`",
+    )  # fmt: skip
+    feedback_secret_file: str = setting(
+        "FEEDBACK_SECRET_FILE", text(), "",
+        "a file holding `FEEDBACK_SECRET` (a mounted Secret); used when it exists",
     )  # fmt: skip
     feedback_max_age_seconds: float = setting(
         "FEEDBACK_MAX_AGE_SECONDS", number(1), 7 * 86400.0,
@@ -234,6 +246,16 @@ class ApiSettings(FromEnvironment):
         if self.best_mlflow_run_id:
             return f"runs:/{self.best_mlflow_run_id}/model"
         return f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+
+    @property
+    def challenger_uri(self) -> str | None:
+        """The challenger alias, scored beside the champion alias only (a model chosen by
+        MODEL_URI or BEST_MLFLOW_RUN_ID has no challenger), and not at a share of 0."""
+        from hvs_store import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME
+
+        if self.challenger_share == 0 or self.model_uri_to_serve != f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}":
+            return None
+        return f"models:/{MODEL_NAME}@{CHALLENGER_ALIAS}"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ DB_FILE = "mlflow.db"
 EXPERIMENT = "hvs-hazard-classifier"
 MODEL_NAME = "hvs-hazard-classifier"
 CHAMPION_ALIAS = "champion"
+# The runner-up of the last training, which the API scores beside the champion.
+CHALLENGER_ALIAS = "challenger"
 # The run metric holding the Hazardous share of the training data (the drift baseline).
 BASELINE_METRIC = "train_hazardous_share"
 

@@ -70,6 +70,13 @@ def champion(mlruns) -> model.LoadedModel:
         return model.load(f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}")
 
 
+@pytest.fixture(scope="session")
+def challenger(mlruns) -> model.LoadedModel:
+    """The registered challenger (training's runner-up), loaded from the session's store."""
+    with store_at(mlruns):
+        return model.load(f"models:/{store.MODEL_NAME}@{store.CHALLENGER_ALIAS}")
+
+
 @pytest.fixture
 def use_store(monkeypatch) -> Iterator[Callable[[Path], Path]]:
     """``use_store(folder)`` points MLRUNS_DIR at ``folder`` until the test ends."""
@@ -102,6 +109,8 @@ def make_app(tmp_path_factory) -> Iterator[Callable[[dict], Flask]]:
     yield make
     for app in apps:
         app.extensions["hvs_watcher"].stop()
+        if app.extensions["hvs_challenger_watcher"] is not None:
+            app.extensions["hvs_challenger_watcher"].stop()
 
 
 @pytest.fixture

@@ -217,3 +217,20 @@ def test_random_ids_never_raise(client):
         response = client.post("/feedback", json={"id": text, "label": "Normal"})
         assert response.status_code == 422, text
     assert confusion(client) == {}
+
+
+def test_a_secret_file_shared_by_two_ledgers_lets_each_take_the_others_ids(
+    champion, make_app, payloads, tmp_path, monkeypatch
+):
+    """As the Kubernetes pods do with the mounted Secret: each its own ledger, one key."""
+    (tmp_path / "secret").write_text("shared key\n")
+    monkeypatch.setenv("FEEDBACK_SECRET_FILE", str(tmp_path / "secret"))
+    one, other = (make_app({"TESTING": True, "MODEL": champion}).test_client() for _ in range(2))
+    [prediction] = predict(one, [payloads["Normal"]])
+    assert other.post("/feedback", json={"id": prediction["id"], "label": "Normal"}).status_code == 200
+    monkeypatch.setenv("FEEDBACK_SECRET_FILE", str(tmp_path / "absent"))
+    alone = make_app({"TESTING": True, "MODEL": champion}).test_client()
+    assert (
+        alone.post("/feedback", json={"id": prediction["id"], "label": "Normal"}).json["error"]
+        == "unknown_prediction_id"
+    )

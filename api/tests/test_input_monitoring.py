@@ -151,3 +151,15 @@ def test_refused_fields_are_counted_by_field_and_reason(client, payloads):
     assert metric_value(text, "hvs_api_invalid_requests_total", reason="missing_field") == 1
     # The client's own field name never becomes a label value.
     assert "colour" not in text
+
+
+def test_model_monitoring_off_bins_nothing_and_issues_no_ids(champion, make_app, payloads):
+    """The switch make bench measures the cost with: the answers are the same, without ids."""
+    off = make_app({"TESTING": True, "MODEL": champion, "MODEL_MONITORING_ENABLED": False}).test_client()
+    on = make_app({"TESTING": True, "MODEL": champion}).test_client()
+    answers = [
+        c.post("/predict", json={"records": [payloads["Normal"], payloads["Hazardous"]]}).json for c in (off, on)
+    ]
+    assert all("id" not in p for p in answers[0]["predictions"])
+    assert answers[0]["predictions"] == [{k: v for k, v in p.items() if k != "id"} for p in answers[1]["predictions"]]
+    assert bin_counts(metrics(off)).sum() == 0 and bin_counts(metrics(on)).sum() == 10

@@ -190,7 +190,10 @@ def test_openapi_describes_the_features_and_limits(client):
     assert record["required"] == list(FEATURE_NAMES)
     assert record["properties"]["temperature_c"]["maximum"] == 150.0
     assert "1000 records" in document["info"]["description"]
-    assert set(document["paths"]) == {"/predict", "/health", "/ready"}
+    assert set(document["paths"]) == {"/predict", "/feedback", "/health", "/ready"}
+    assert (
+        document["components"]["schemas"]["FeedbackRequest"]["oneOf"][1]["properties"]["feedback"]["maxItems"] == 1000
+    )
 
 
 def exploding_client(champion, make_app, message: str):

@@ -16,7 +16,7 @@ from selenium.webdriver.common.by import By
 from tests.container.browser import page_shows, text
 from tests.container.compose import compose_default, failure, services
 from tests.container.engine import standin_label
-from tests.support.metrics_text import metric_value, predict_ok, values_by_label
+from tests.support.metrics_text import metric_value, predict_ok, samples, values_by_label
 from tests.support.paths import HAZARDOUS, NORMAL, ROOT
 from tests.support.rules import rule_groups, seconds
 from tests.support.waiting import Steps, wait_for
@@ -73,6 +73,30 @@ def test_the_users_payloads_are_predicted_and_counted(lab):
     assert predict_ok(metrics) == 2
     for label in ("Normal", "Hazardous"):
         assert metric_value(metrics, "hvs_api_prediction_outcomes_total", predicted_label_text=label) == 1
+
+
+def test_a_label_is_counted_once_and_its_ledger_survives_a_restart_of_the_api(lab):
+    """The feedback ledger is on the mlruns volume, written by the API's non-root user."""
+    after("up")
+    api = lab.url("api")
+    status, body = http("POST", api + "/predict", HAZARDOUS)
+    assert status == 200, body
+    label = {"id": json.loads(body)["prediction"]["id"], "label": "Hazardous"}
+    status, body = http("POST", api + "/feedback", label)
+    assert status == 200, body
+    result = lab.compose("restart", "api")
+    assert result.returncode == 0, failure(result, "docker compose restart api")
+    wait_for(lambda: http("GET", api + "/ready")[0] == 200, 120, "the API to be ready again")
+    assert http("POST", api + "/feedback", label)[0] == 409
+    metrics = http("GET", api + "/metrics")[1].decode()
+    labelled = {
+        (labels["model_role"], labels["predicted_label_text"], labels["true_label_text"]): value
+        for name, labels, value in samples(metrics)
+        if name == "hvs_model_feedback_records_total" and labels["model_role"] == "champion"
+    }
+    # No load has run yet: this one label, once, before and after the restart.
+    assert labelled == {("champion", "Hazardous", "Hazardous"): 1}
+    assert metric_value(metrics, "hvs_api_invalid_feedback_total", reason="already_labelled") == 1
 
 
 def rules_by_group(prometheus: str) -> dict[str, list[dict]]:

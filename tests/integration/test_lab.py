@@ -155,6 +155,8 @@ def test_a_failing_sensor_drifts_its_feature_and_then_the_labels_show_missed_haz
     assert psi["gas_ppm"] > 0.25 and psi["temperature_c"] < 0.1, psi
     assert missed["labels"]["model_role"] == "champion" and missed["severity"] == "warning"
     assert recall < 0.75, recall
+    # The challenger was scored on the same records and labelled with them.
+    assert lab.has_data('job_model_role_model_version:hvs_model_hazardous_recall:ratio_rate1h{model_role="challenger"}')
 
 
 def test_an_error_burst_pages_and_the_page_holds_back_the_error_rate_ticket(lab):
