@@ -17,7 +17,6 @@ anything that matches no route is ``endpoint="unmatched"``.
 import math
 import os
 
-import numpy as np
 from flask import Flask, request
 from hvs_model.baseline import BIN_LABELS, Baseline
 from hvs_model.features import FEATURE_NAMES, LABELS
@@ -351,11 +350,11 @@ class ApiMetrics:
             self.hazard_probability.observe(p)
         if inputs is None or matrix is None:
             return
-        per_bin, outside = inputs.count(matrix)
-        for feature, bin_index in zip(*np.nonzero(per_bin), strict=True):
-            self._bins[feature][bin_index].inc(int(per_bin[feature, bin_index]))
-        for feature in np.flatnonzero(outside):
-            self._outside[feature].inc(int(outside[feature]))
+        per_bin, outside = inputs.count_nonzero(matrix)
+        for feature, bin_index, records in per_bin:
+            self._bins[feature][bin_index].inc(records)
+        for feature, records in outside:
+            self._outside[feature].inc(records)
 
     def challenger_changed(self, model: LoadedModel | None, previous: LoadedModel | None = None) -> None:
         """Publish which challenger this process scores (or none), as model_changed does for the champion."""

@@ -11,6 +11,7 @@ Bins are numbered 0 to ``BINS - 1`` and are the same label values for every mode
 model changes where the bins are cut and what they expect, never which series exist.
 """
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,6 +22,9 @@ from hvs_model.features import FEATURE_NAMES
 BINS = 10
 ARTIFACT = "feature_baseline.json"
 BIN_LABELS: tuple[str, ...] = tuple(str(i) for i in range(BINS))
+# Up to this many rows, plain Python bins a request faster than numpy's fixed cost per call
+# (about 3 µs for 5 values against 25 µs): the single-record requests most clients send.
+FEW_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,34 @@ class Baseline:
         low, high = self._limits
         outside = ((matrix < low) | (matrix > high)).sum(axis=0)
         return per_bin, outside
+
+    @cached_property
+    def _plain(self) -> tuple[list[list[float]], list[float], list[float]]:
+        return (
+            [list(f.edges) for f in self.features],
+            [f.minimum for f in self.features],
+            [f.maximum for f in self.features],
+        )
+
+    def count_nonzero(self, matrix: np.ndarray) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+        """What ``count`` gives, as the metrics increment it: ``(feature, bin, records)`` for each
+        bin with records, and ``(feature, records)`` for each feature with values outside the
+        training range."""
+        if len(matrix) > FEW_ROWS:
+            per_bin, outside = self.count(matrix)
+            features, bins = np.nonzero(per_bin)
+            found = list(zip(features.tolist(), bins.tolist(), per_bin[features, bins].tolist(), strict=True))
+            return found, [(f, int(outside[f])) for f in np.flatnonzero(outside).tolist()]
+        edges, low, high = self._plain
+        per_bin: dict[tuple[int, int], int] = {}
+        beyond: dict[int, int] = {}
+        for row in matrix.tolist():
+            for feature, value in enumerate(row):
+                key = (feature, bisect_left(edges[feature], value))  # the cut points below it
+                per_bin[key] = per_bin.get(key, 0) + 1
+                if value < low[feature] or value > high[feature]:
+                    beyond[feature] = beyond.get(feature, 0) + 1
+        return [(f, b, n) for (f, b), n in per_bin.items()], list(beyond.items())
 
     def as_dict(self) -> dict:
         return {

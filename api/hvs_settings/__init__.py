@@ -210,8 +210,9 @@ class ApiSettings(FromEnvironment):
         "where workers share metric values; emptied when the server starts",
     )  # fmt: skip
     challenger_share: float = setting(
-        "CHALLENGER_SHARE", number(0, 1), 1.0,
-        "share of records the `challenger` alias's model also scores, when the champion alias is served (0: none)",
+        "CHALLENGER_SHARE", number(0, 1), 0.1,
+        "share of records the `challenger` alias's model also scores, when the champion alias is served (0: none); "
+        "each costs a second model call",
     )  # fmt: skip
     feedback_db: str = setting(
         "FEEDBACK_DB", text(), "",

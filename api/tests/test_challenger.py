@@ -51,7 +51,9 @@ def test_a_training_of_one_candidate_leaves_no_challenger_behind(tmp_path, use_s
 
 def test_the_challenger_changes_no_answer_and_its_agreement_is_counted(champion, challenger, make_app):
     alone = make_app({"TESTING": True, "MODEL": champion}).test_client()
-    beside = make_app({"TESTING": True, "MODEL": champion, "CHALLENGER": challenger}).test_client()
+    beside = make_app(
+        {"TESTING": True, "MODEL": champion, "CHALLENGER": challenger, "CHALLENGER_SHARE": 1.0}
+    ).test_client()
     batch, _ = records(300, seed=31)
     answers = [c.post("/predict", json={"records": batch}).json for c in (alone, beside)]
     assert without_ids(answers[0]) == without_ids(answers[1])
@@ -67,7 +69,9 @@ def test_the_challenger_changes_no_answer_and_its_agreement_is_counted(champion,
 
 
 def test_labels_score_the_challenger_beside_the_champion(champion, challenger, make_app):
-    client = make_app({"TESTING": True, "MODEL": champion, "CHALLENGER": challenger}).test_client()
+    client = make_app(
+        {"TESTING": True, "MODEL": champion, "CHALLENGER": challenger, "CHALLENGER_SHARE": 1.0}
+    ).test_client()
     batch, truth = records(200, seed=32)
     predictions = client.post("/predict", json={"records": batch}).json["predictions"]
     items = [{"id": p["id"], "label": t} for p, t in zip(predictions, truth, strict=True)]
@@ -109,7 +113,13 @@ def test_a_challenger_that_fails_costs_the_client_nothing(champion, challenger, 
 
 
 def test_the_api_loads_the_challenger_alias_beside_the_champion(session_store, challenger):
-    app = create_app({"TESTING": True, "FEEDBACK_DB": str(session_store.parent / "challenger-feedback.sqlite")})
+    app = create_app(
+        {
+            "TESTING": True,
+            "CHALLENGER_SHARE": 1.0,
+            "FEEDBACK_DB": str(session_store.parent / "challenger-feedback.sqlite"),
+        }
+    )
     try:
         assert model_state_of(app).challenger.version == challenger.version
         client = app.test_client()

@@ -163,3 +163,23 @@ def test_model_monitoring_off_bins_nothing_and_issues_no_ids(champion, make_app,
     assert all("id" not in p for p in answers[0]["predictions"])
     assert answers[0]["predictions"] == [{k: v for k, v in p.items() if k != "id"} for p in answers[1]["predictions"]]
     assert bin_counts(metrics(off)).sum() == 0 and bin_counts(metrics(on)).sum() == 10
+
+
+@pytest.mark.parametrize("rows", [1, 2, baseline.FEW_ROWS, baseline.FEW_ROWS + 1, 60])
+def test_few_and_many_rows_are_binned_alike(rows):
+    """Small requests take a plain-Python path; it must give what the numpy one gives, cut
+    points and values beyond the training range included."""
+    x, _ = readings.generate(3000, seed=12)
+    found = baseline.from_training(x)
+    rng = np.random.default_rng(rows)
+    matrix, _ = readings.generate(rows, seed=rows, drift=1.0)
+    edges = np.array([f.edges for f in found.features])
+    # A third of the values exactly on a cut point, some beyond the training maximum.
+    on_edge = rng.random(matrix.shape) < 0.33
+    matrix = np.where(on_edge, edges[np.arange(5), rng.integers(0, 9, size=matrix.shape)], matrix)
+    matrix[0, 0] = found.features[0].maximum + 5
+    per_bin, outside = found.count(matrix)
+    sparse, beyond = found.count_nonzero(matrix)
+    assert sorted(sparse) == [(f, b, int(per_bin[f, b])) for f, b in zip(*np.nonzero(per_bin), strict=True)]
+    assert sorted(beyond) == [(f, int(outside[f])) for f in np.flatnonzero(outside)]
+    assert sum(n for _, _, n in sparse) == 5 * rows
