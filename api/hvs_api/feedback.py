@@ -22,7 +22,7 @@ from hvs_model.features import LABELS
 
 from hvs_api.feedback_ledger import FeedbackCollector, FeedbackLedger, Label
 from hvs_api.prediction_ids import InvalidId, PredictionIds
-from hvs_api.validation import Problem, RequestError, refuse
+from hvs_api.validation import Problem, RequestError, batch_items, refuse
 
 # Every reason a feedback request can be refused for (hvs_api_invalid_feedback_total's labels).
 FEEDBACK_REASONS: tuple[str, ...] = (
@@ -85,20 +85,9 @@ class Feedback:
 def parse(payload: object, max_records: int, ids: PredictionIds, max_age_seconds: float, now: float | None = None):
     """The labels a decoded feedback body gives, or ``RequestError``."""
     now = time.time() if now is None else now
-    if isinstance(payload, dict) and "feedback" in payload:
-        if len(payload) > 1:
-            extra = sorted(k for k in payload if k != "feedback")
-            raise refuse(422, "unknown_field", f"a batch has only the key 'feedback', not {extra}", extra[0])
-        items = payload["feedback"]
-        if not isinstance(items, list):
-            raise refuse(400, "invalid_shape", "'feedback' must be a list of objects", "feedback")
-        if not items:
-            raise refuse(422, "empty_batch", "'feedback' must hold at least one label", "feedback")
-        if len(items) > max_records:
-            raise refuse(
-                422, "batch_too_large", f"a batch holds at most {max_records} labels, got {len(items)}", "feedback"
-            )
-        paths = [f"feedback[{i}]" for i in range(len(items))]
+    batch = batch_items(payload, "feedback", "label", max_records)
+    if batch is not None:
+        items, paths = batch
     elif isinstance(payload, dict):
         items, paths = [payload], [""]
     else:

@@ -30,7 +30,6 @@ from hvs_api.prediction_ids import Prediction
 # Seconds from prediction to label: a label from an automated check within seconds, an
 # operator's confirmation within hours, a maintenance report within days.
 DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
-ROLES = ("champion", "challenger")
 # Keys older than the oldest acceptable id are deleted after this many labels.
 PRUNE_EVERY = 1000
 

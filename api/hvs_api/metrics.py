@@ -108,6 +108,14 @@ def handler(req) -> str:
     return req.endpoint or UNMATCHED
 
 
+def _identify(info: Gauge, model: LoadedModel | None, previous: LoadedModel | None) -> None:
+    """A model-identity gauge: the previous model's series to 0 (multiprocess files cannot remove
+    a series), the new one's to 1."""
+    for loaded, value in ((previous, 0), (model, 1)):
+        if loaded is not None:
+            info.labels(model_name=loaded.name, model_version=loaded.version, run_id=loaded.run_id).set(value)
+
+
 class ApiMetrics:
     """The exporter and the custom metrics of one app."""
 
@@ -309,10 +317,7 @@ class ApiMetrics:
         the worker is next replaced.
         """
         self.model_loaded.set(1 if model is not None else 0)
-        if previous is not None:
-            self.model_info.labels(
-                model_name=previous.name, model_version=previous.version, run_id=previous.run_id
-            ).set(0)
+        _identify(self.model_info, None, previous)
         for name in RUNTIMES:
             self.runtime_info.labels(runtime=name).set(int(model is not None and model.runtime.name == name))
         for reason in FALLBACK_REASONS:
@@ -331,7 +336,7 @@ class ApiMetrics:
                 self.feature_bin_training_share.labels(feature=feature, bin=bin_label).set(expected)
         if model is None:
             return
-        self.model_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
+        _identify(self.model_info, model, None)
 
     def predictions_made(
         self, hazard_probability, hazardous_mask, seconds: float, matrix=None, inputs: Baseline | None = None
@@ -358,12 +363,7 @@ class ApiMetrics:
 
     def challenger_changed(self, model: LoadedModel | None, previous: LoadedModel | None = None) -> None:
         """Publish which challenger this process scores (or none), as model_changed does for the champion."""
-        if previous is not None:
-            self.challenger_info.labels(
-                model_name=previous.name, model_version=previous.version, run_id=previous.run_id
-            ).set(0)
-        if model is not None:
-            self.challenger_info.labels(model_name=model.name, model_version=model.version, run_id=model.run_id).set(1)
+        _identify(self.challenger_info, model, previous)
 
     def challenger_scored_records(self, scored: int, agreed: int) -> None:
         self.challenger_scored.inc(scored)

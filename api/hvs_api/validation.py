@@ -168,23 +168,31 @@ def _check_record(record: object, where: str) -> list[Problem]:
     return problems
 
 
+def batch_items(payload: object, key: str, noun: str, max_items: int) -> tuple[list, list[str]] | None:
+    """The items of a batch body (``{key: [...]}``, and no other key) with their paths in error
+    messages (``key[3]``), or None when the body is no batch; ``RequestError`` when the batch is
+    malformed, empty or larger than ``max_items``. ``/predict`` and ``/feedback`` share it."""
+    if not (isinstance(payload, dict) and key in payload):
+        return None
+    if len(payload) > 1:
+        extra = sorted(k for k in payload if k != key)
+        raise refuse(422, "unknown_field", f"a batch has only the key {key!r}, not {extra}", extra[0])
+    items = payload[key]
+    if not isinstance(items, list):
+        raise refuse(400, "invalid_shape", f"{key!r} must be a list of objects", key)
+    if not items:
+        raise refuse(422, "empty_batch", f"{key!r} must hold at least one {noun}", key)
+    if len(items) > max_items:
+        raise refuse(422, "batch_too_large", f"a batch holds at most {max_items} {noun}s, got {len(items)}", key)
+    return items, [f"{key}[{i}]" for i in range(len(items))]
+
+
 def validate(payload: object, max_records: int) -> Features:
     """Check a decoded request and return its input matrix, or raise ``RequestError``."""
-    if isinstance(payload, dict) and "records" in payload:
-        if len(payload) > 1:
-            extra = sorted(k for k in payload if k != "records")
-            raise refuse(422, "unknown_field", f"a batch has only the key 'records', not {extra}", extra[0])
-        records = payload["records"]
-        if not isinstance(records, list):
-            raise refuse(400, "invalid_shape", "'records' must be a list of objects", "records")
-        if not records:
-            raise refuse(422, "empty_batch", "'records' must hold at least one record", "records")
-        if len(records) > max_records:
-            raise refuse(
-                422, "batch_too_large", f"a batch holds at most {max_records} records, got {len(records)}", "records"
-            )
+    batch = batch_items(payload, "records", "record", max_records)
+    if batch is not None:
+        records, paths = batch
         is_batch = True
-        paths = [f"records[{i}]" for i in range(len(records))]
     elif isinstance(payload, dict):
         records, is_batch, paths = [payload], False, [""]
     else:

@@ -6,7 +6,6 @@ import time
 
 import pytest
 from hvs_model import readings
-from hvs_model.features import LABELS
 
 from hvs_api.extensions import feedback
 from hvs_api.feedback import FEEDBACK_REASONS
@@ -36,9 +35,8 @@ def predict(client, records: list[dict]) -> list[dict]:
 
 
 def labelled_batch(n: int, seed: int) -> tuple[list[dict], list[str]]:
-    x, y = readings.generate(n, seed=seed, drift=0.6)
-    records = [dict(zip(readings.FEATURE_NAMES, map(float, row), strict=True)) for row in x]
-    return records, [LABELS[int(label)] for label in y]
+    pairs = readings.labelled_records(n, seed=seed, drift=0.6)
+    return [record for record, _ in pairs], [label for _, label in pairs]
 
 
 def test_every_prediction_carries_an_id_of_its_own(client, payloads):
