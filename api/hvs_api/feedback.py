@@ -14,15 +14,20 @@ older than ``FEEDBACK_MAX_AGE_SECONDS`` is ``expired_prediction_id``, the same i
 batch is ``repeated_id``, and an id labelled before is ``already_labelled`` (409), counted once.
 """
 
+import logging
 import os
+import secrets
+import sqlite3
 import time
 from pathlib import Path
 
 from hvs_model.features import LABELS
 
-from hvs_api.feedback_ledger import FeedbackCollector, FeedbackLedger, Label
+from hvs_api.feedback_ledger import DELAY_BUCKETS, FeedbackCollector, FeedbackLedger, Label
 from hvs_api.prediction_ids import InvalidId, PredictionIds
 from hvs_api.validation import Problem, RequestError, batch_items, refuse
+
+log = logging.getLogger(__name__)
 
 # Every reason a feedback request can be refused for (hvs_api_invalid_feedback_total's labels).
 FEEDBACK_REASONS: tuple[str, ...] = (
@@ -47,39 +52,63 @@ FIELDS = ("id", "label")
 LABEL_TEXTS = tuple(LABELS.values())
 
 
+class LedgerUnavailable(Exception):
+    """The ledger file cannot be opened or written (a read-only or foreign-owned store)."""
+
+
 class Feedback:
     """One app's feedback: the ledger (opened once per process: a SQLite connection must not
-    cross gunicorn's fork) and the ids, signed with the configured or the ledger's secret."""
+    cross gunicorn's fork) and the ids, signed with the configured or the ledger's secret.
+
+    A ledger that cannot be used costs feedback only: predictions are still answered, with ids
+    signed by a key made when the app is built (in gunicorn's master, so every worker forked
+    from it has it), and ``POST /feedback`` answers 503 saying why."""
 
     def __init__(self, path: Path, secret: str, max_age_seconds: float):
         self.path = path
         self.max_age_seconds = max_age_seconds
         self._secret = secret.encode() if secret else None
+        self._fallback_secret = secrets.token_bytes(32)
         self._pid: int | None = None
         self._ledger: FeedbackLedger | None = None
         self._ids: PredictionIds | None = None
+        self.error = ""
         self.collector = FeedbackCollector(self)
 
     def _open(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        stored = None
+        try:
             self._ledger = FeedbackLedger(self.path, LABELS)
-            self._ids = PredictionIds(self._secret or self._ledger.secret())
-            self._pid = os.getpid()
+            stored = self._ledger.secret()
+        except (sqlite3.Error, OSError) as exc:
+            self._ledger = None
+            self.error = f"the feedback ledger {self.path} cannot be used ({exc}); set FEEDBACK_DB to a writable file"
+            log.error("%s: predictions are answered, POST /feedback answers 503", self.error)
+        self._ids = PredictionIds(self._secret or stored or self._fallback_secret)
 
     def ledger(self) -> FeedbackLedger:
+        """This process's ledger, or ``LedgerUnavailable``."""
         self._open()
+        if self._ledger is None:
+            raise LedgerUnavailable(self.error)
         return self._ledger
 
     def ids(self) -> PredictionIds:
         self._open()
         return self._ids
 
-    # The collector reads through this object, so that it uses this process's connection.
+    # The collector reads through this object, so that it uses this process's connection; without
+    # a ledger there is nothing to count.
     def confusion(self):
-        return self.ledger().confusion()
+        self._open()
+        return self._ledger.confusion() if self._ledger else []
 
     def delays(self):
-        return self.ledger().delays()
+        self._open()
+        return self._ledger.delays() if self._ledger else ([0] * (len(DELAY_BUCKETS) + 1), 0.0)
 
 
 def parse(payload: object, max_records: int, ids: PredictionIds, max_age_seconds: float, now: float | None = None):

@@ -188,6 +188,9 @@ def post_feedback():
     except validation.RequestError as error:
         api_metrics().feedback_refused(error.reason)
         return jsonify(error.as_dict()), error.status
+    except feedback_requests.LedgerUnavailable as exc:
+        # Not the client's fault: nothing is refused, the server cannot record.
+        return jsonify({"error": "feedback_unavailable", "message": str(exc)}), 503
     return jsonify({"recorded": len(labels)})
 
 

@@ -232,3 +232,21 @@ def test_a_secret_file_shared_by_two_ledgers_lets_each_take_the_others_ids(
         alone.post("/feedback", json={"id": prediction["id"], "label": "Normal"}).json["error"]
         == "unknown_prediction_id"
     )
+
+
+def test_a_ledger_that_cannot_be_written_costs_feedback_only(champion, make_app, payloads, tmp_path):
+    """As a store mounted read-only or owned by another user: predictions and scrapes go on."""
+    (tmp_path / "a-file").write_text("")
+    client = make_app(
+        {"TESTING": True, "MODEL": champion, "FEEDBACK_DB": str(tmp_path / "a-file" / "f.sqlite")}
+    ).test_client()
+    response = client.post("/predict", json=payloads["Normal"])
+    assert response.status_code == 200 and response.json["prediction"]["id"]
+    refused = client.post("/feedback", json={"id": response.json["prediction"]["id"], "label": "Normal"})
+    assert refused.status_code == 503 and refused.json["error"] == "feedback_unavailable"
+    assert "FEEDBACK_DB" in refused.json["message"]
+    page = client.get("/metrics")
+    assert (
+        page.status_code == 200
+        and metric_value(page.get_data(as_text=True), "hvs_model_feedback_delay_seconds_count") == 0
+    )
