@@ -25,23 +25,13 @@ from hvs_model.features import LABELS
 
 from hvs_api.feedback_ledger import DELAY_BUCKETS, FeedbackCollector, FeedbackLedger, Label
 from hvs_api.prediction_ids import InvalidId, PredictionIds
-from hvs_api.validation import Problem, RequestError, batch_items, refuse
+from hvs_api.validation import REQUEST_REASONS, Problem, RequestError, batch_items, refuse
 
 log = logging.getLogger(__name__)
 
 # Every reason a feedback request can be refused for (hvs_api_invalid_feedback_total's labels).
 FEEDBACK_REASONS: tuple[str, ...] = (
-    "unsupported_media_type",
-    "body_too_large",
-    "body_incomplete",
-    "malformed_json",
-    "duplicate_key",
-    "invalid_shape",
-    "empty_batch",
-    "batch_too_large",
-    "missing_field",
-    "unknown_field",
-    "wrong_type",
+    *REQUEST_REASONS,
     "unknown_label",
     "unknown_prediction_id",
     "expired_prediction_id",

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from hvs_model.features import FEATURE_NAMES, FEATURES
 
-# Every reason a request can be refused for; metrics pre-initialise one series per reason.
-INVALID_REASONS: tuple[str, ...] = (
+# The reasons any JSON request (/predict, /feedback) can be refused for: its body, its batch,
+# its fields.
+REQUEST_REASONS: tuple[str, ...] = (
     "unsupported_media_type",
     "body_too_large",
     "body_incomplete",
@@ -34,9 +35,9 @@ INVALID_REASONS: tuple[str, ...] = (
     "missing_field",
     "unknown_field",
     "wrong_type",
-    "not_finite",
-    "out_of_range",
 )
+# Every reason a prediction request can be refused for; metrics pre-initialise one series per reason.
+INVALID_REASONS: tuple[str, ...] = (*REQUEST_REASONS, "not_finite", "out_of_range")
 
 # The reasons that are about one field of a record; hvs_api_invalid_fields_total counts them by
 # the sensor field, or by UNKNOWN_FIELD for a field that is not a sensor's (any name a client
