@@ -3,6 +3,7 @@
 from hvs_model.features import FEATURE_NAMES, FEATURES, LABELS
 
 from hvs_api.feedback import FEEDBACK_REASONS
+from hvs_api.prediction_ids import ID_PATTERN
 from hvs_api.validation import INVALID_REASONS
 
 # The reasons only /feedback gives; the others it shares with /predict.
@@ -155,7 +156,11 @@ def build(app_version: str, max_records: int, max_body_bytes: int) -> dict:
                     "additionalProperties": False,
                     "required": ["id", "label"],
                     "properties": {
-                        "id": {"type": "string", "description": "A prediction's id, as /predict gave it"},
+                        "id": {
+                            "type": "string",
+                            "pattern": ID_PATTERN,
+                            "description": "A prediction's id, as /predict gave it",
+                        },
                         "label": {"type": "string", "enum": list(LABELS.values()), "description": "The true label"},
                     },
                 },

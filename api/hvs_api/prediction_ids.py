@@ -27,6 +27,9 @@ _HEAD = struct.Struct(">BI8sIB")
 SIGNATURE_BYTES = 12
 # Personalisation keeps these signatures apart from any other use of the same key.
 _PERSON = b"hvs-prediction"
+# The shortest id: the head, two empty version prefixes and the signature, in base64url unpadded.
+_SHORTEST_ID_CHARS = -(-(_HEAD.size + 2 + SIGNATURE_BYTES) * 4 // 3)
+ID_PATTERN = f"^[A-Za-z0-9_-]{{{_SHORTEST_ID_CHARS},}}$"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Ground truth: prediction ids, ``POST /feedback`` and the confusion counts it keeps."""
 
 import random
+import re
 import string
 import time
 
@@ -45,6 +46,9 @@ def test_every_prediction_carries_an_id_of_its_own(client, payloads):
     ids = [single["id"], *(p["id"] for p in batch)]
     assert all(isinstance(i, str) and 20 < len(i) < 100 for i in ids)
     assert len(set(ids)) == 51
+    # and matches the pattern /openapi.json gives, so that a client may check ids with it
+    pattern = client.get("/openapi.json").json["components"]["schemas"]["Label"]["properties"]["id"]["pattern"]
+    assert all(re.fullmatch(pattern, i) for i in ids)
 
 
 def test_labels_are_counted_by_model_version_predicted_and_true_label(client, champion):

@@ -32,6 +32,8 @@ def test_fuzzing_from_the_openapi_description(trained_mlruns, start_api, figures
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
             "run",
             f"{server.url}/openapi.json",
             "--checks",
