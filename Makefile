@@ -154,6 +154,11 @@ bench: $(VENV_STAMP)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
+.PHONY: profile  ## where an API worker spends its time under wrk, by py-spy (results/profile.md)
+profile: $(VENV_STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-bench.txt
+	$(BIN)/python -m loadtest.profile $(PROFILE_ARGS)
+
 .PHONY: bench-rules  ## the rule groups' evaluation time on 30 days x 10 instances, before and after the long windows were recorded in tiles (results/bench-rules.json)
 bench-rules: $(VENV_STAMP)
 	BENCH_DAYS=$(BENCH_DAYS) BENCH_INSTANCES=$(BENCH_INSTANCES) $(BIN)/python -m loadtest.bench_rules $(BENCH_RULES_ARGS)

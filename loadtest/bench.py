@@ -15,7 +15,11 @@ first measurement:
    sync workers, as the API served before the gevent worker): beside ``predict``, what the gevent worker
    costs. wrk keeps its connections alive, but a sync worker closes each connection after its
    answer, so against it wrk connects anew for every request: that is how sync serves;
-5. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record;
+5. ``mlflow-serve``: ``mlflow models serve`` on the same registered model and record, in the
+   request format mlflow documents for its scoring server (``{"dataframe_records": [...]}``),
+   at two thread settings: OpenMP's default (a thread per core in each of its workers) and
+   ``OMP_NUM_THREADS=1``, as the API runs. The peer's figure is the better of the two in this
+   run, named in the table of goals: the fair comparison, not the one that flatters us;
 6. ``predict-sklearn``: the API's ``/predict``, one record and a 100-record batch, with
    ``INFERENCE_RUNTIME=sklearn``: beside ``predict`` (treelite, for a tree champion), what the
    runtime buys;
@@ -65,6 +69,10 @@ NOCHALLENGER_SINGLE = "predict single, no challenger"
 NOCHALLENGER_BATCH = "predict batch 100, no challenger"
 NOMONITORING_SINGLE = "predict single, no model monitoring"
 NOMONITORING_BATCH = "predict batch 100, no model monitoring"
+# mlflow's scoring server at OpenMP's default thread count and at one thread per worker.
+MLFLOW_DEFAULT = "mlflow models serve single, OpenMP default threads"
+MLFLOW_ONE_THREAD = "mlflow models serve single, OMP_NUM_THREADS=1"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # The rows of the API with scikit-learn computing the probabilities (INFERENCE_RUNTIME=sklearn).
 SKLEARN_SINGLE = "predict single, sklearn runtime"
 SKLEARN_BATCH = "predict batch 100, sklearn runtime"
@@ -128,12 +136,15 @@ class Server:
     env: dict
     port: int = field(default_factory=free_port)
     ready_path: str = "/health"
+    # Variables of the benchmark's own environment this server must not inherit.
+    unset: tuple[str, ...] = ()
     program: ManagedProcess | None = None
 
     def start(self) -> None:
         # The virtual environment's bin first: mlflow starts uvicorn by name.
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PATH": path}
+        inherited = {k: v for k, v in os.environ.items() if k not in self.unset}
+        env = {**inherited, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PATH": path}
         self.program = ManagedProcess(
             self.name,
             [part.format(port=self.port) for part in self.command],
@@ -408,27 +419,38 @@ def main(argv: list[str] | None = None) -> int:
             ROOT / "api",
             {**api_env, "PROMETHEUS_MULTIPROC_DIR": str(workdir / "m5"), "WORKER_CLASS": "sync"},
         ),
-        "mlflow-serve": Server(
-            "mlflow-serve",
-            [
-                str(BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}",
-                "--env-manager",
-                "local",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--workers",
-                str(WORKERS),
-            ],
-            ROOT,
-            {"MLFLOW_TRACKING_URI": store.tracking_uri(), "MLFLOW_REGISTRY_URI": store.tracking_uri()},
-            ready_path="/ping",
-        ),
+        **{
+            name: Server(
+                name,
+                [
+                    str(BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    f"models:/{store.MODEL_NAME}@{store.CHAMPION_ALIAS}",
+                    "--env-manager",
+                    "local",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                    "--workers",
+                    str(WORKERS),
+                ],
+                ROOT,
+                {
+                    "MLFLOW_TRACKING_URI": store.tracking_uri(),
+                    "MLFLOW_REGISTRY_URI": store.tracking_uri(),
+                    **threads,
+                },
+                ready_path="/ping",
+                unset=THREAD_VARIABLES,
+            )
+            for name, threads in (
+                ("mlflow-serve", {}),
+                ("mlflow-serve-1thread", dict.fromkeys(THREAD_VARIABLES, "1")),
+            )
+        },
         # One worker each, so the first request after a replacement is the new worker's.
         "replace-check": Server(
             "replace-check",
@@ -448,11 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         Target("predict single", servers["predict"], "/predict", json.dumps(record)),
         Target("predict single, metrics off", servers["predict-nometrics"], "/predict", json.dumps(record)),
         Target(SYNC_TARGET, servers["predict-sync"], "/predict", json.dumps(record)),
-        Target(
-            "mlflow models serve single",
-            servers["mlflow-serve"],
-            "/invocations",
-            json.dumps({"dataframe_records": [record]}),
+        *(
+            Target(name, servers[server], "/invocations", json.dumps({"dataframe_records": [record]}))
+            for name, server in ((MLFLOW_DEFAULT, "mlflow-serve"), (MLFLOW_ONE_THREAD, "mlflow-serve-1thread"))
         ),
         Target("predict batch 100", servers["predict"], "/predict", json.dumps({"records": batch}), rows=100),
         Target(NOCHALLENGER_SINGLE, servers["predict-nochallenger"], "/predict", json.dumps(record)),
@@ -525,10 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu = {name: row["cpu_us_per_request"]["median"] for name, row in table.items()}
     overhead = cpu["predict single"] - model_call["single"]["cpu_us_per_call"]
     in_server = {name: statistics.median(values) for name, values in model_in_server.items()}
+    peer = max((MLFLOW_DEFAULT, MLFLOW_ONE_THREAD), key=rps.__getitem__)
     checks = [
         (
-            "/predict single vs mlflow models serve (throughput)",
-            rps["predict single"] / rps["mlflow models serve single"],
+            f"/predict single vs mlflow models serve at its best here ({peer.split(', ', 1)[1]}; throughput)",
+            rps["predict single"] / rps[peer],
             ">=",
             12.0,
         ),
@@ -599,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runtime": runtime_cost(table, model_call, model_call_sklearn),
         "worker_rss_mib": rss,
+        # The better of mlflow's two thread settings, the one the goal compares against.
+        "mlflow_peer": {
+            "target": peer,
+            "rps": rps[peer],
+            "other_rps": rps[({MLFLOW_DEFAULT, MLFLOW_ONE_THREAD} - {peer}).pop()],
+        },
         # What scoring the challenger costs: throughput kept with it against without it.
         "challenger": {
             "single_throughput_kept": rps["predict single"] / rps[NOCHALLENGER_SINGLE],
