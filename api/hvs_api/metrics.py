@@ -339,19 +339,24 @@ class ApiMetrics:
         _identify(self.model_info, model, None)
 
     def predictions_made(
-        self, hazard_probability, hazardous_mask, seconds: float, matrix=None, inputs: Baseline | None = None
+        self,
+        hazard_probabilities: list[float],
+        label_ids: list[int],
+        seconds: float,
+        matrix=None,
+        inputs: Baseline | None = None,
     ) -> None:
         """Count one accepted request's predictions: one ``inc(n)`` per label, not one per record,
         and, given the model's input baseline, its records per feature bin."""
-        records = len(hazard_probability)
-        hazardous = int(hazardous_mask.sum())
+        records = len(label_ids)
+        hazardous = sum(label_ids)
         if hazardous:
             self._hazardous.inc(hazardous)
         if records - hazardous:
             self._normal.inc(records - hazardous)
         self.batch_records.observe(records)
         self.inference_duration.observe(seconds)
-        for p in hazard_probability.tolist():
+        for p in hazard_probabilities:
             self.hazard_probability.observe(p)
         if inputs is None or matrix is None:
             return

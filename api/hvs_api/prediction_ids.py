@@ -15,6 +15,7 @@ as length-prefixed UTF-8. The nonce and index make each id's key unique by const
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -48,6 +49,7 @@ class InvalidId(ValueError):
     """Not an id this API issued with its secret: malformed, altered or signed by another key."""
 
 
+@functools.lru_cache(maxsize=16)  # the same one or two versions on every request, until a promotion
 def _versions(champion: str, challenger: str | None) -> bytes:
     parts = b""
     for version in (champion, challenger or ""):

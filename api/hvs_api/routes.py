@@ -1,8 +1,8 @@
 """The API's HTTP endpoints: predictions, liveness, readiness and the OpenAPI description."""
 
+import random
 import time
 
-import numpy as np
 from flask import Blueprint, current_app, jsonify, make_response, request
 from hvs_model.features import LABELS
 from prometheus_flask_exporter import PrometheusMetrics
@@ -117,20 +117,21 @@ def _predict(counted: bool):
     probability = model.hazard_probability(features.matrix)
     elapsed = time.perf_counter() - start
     # Hazardous exactly where predict() would say so: the larger of the two class probabilities.
-    hazardous = probability > 0.5
+    # Plain Python from here: numpy's per-call cost is larger than the work on a few records.
+    probabilities = probability.tolist()
+    label_ids = [int(p > 0.5) for p in probabilities]
     monitoring = current_app.config["MODEL_MONITORING_ENABLED"]
     if counted:
         api_metrics().predictions_made(
-            probability, hazardous, elapsed, features.matrix, model.inputs if monitoring else None
+            probabilities, label_ids, elapsed, features.matrix, model.inputs if monitoring else None
         )
 
-    label_ids = hazardous.astype(int).tolist()
     predictions = [
         {"label": LABELS[h], "label_id": h, "hazard_probability": round(p, 6), "model_version": model.version}
-        for p, h in zip(probability.tolist(), label_ids, strict=True)
+        for p, h in zip(probabilities, label_ids, strict=True)
     ]
     if monitoring:
-        challenger, challenger_ids = _challenger_labels(features.matrix, hazardous, counted)
+        challenger, challenger_ids = _challenger_labels(features.matrix, label_ids, counted)
         # The id to send the true label back with (POST /feedback), with both models' answers in it.
         ids = feedback().ids().issue(model.version, label_ids, challenger, challenger_ids)
         for prediction, prediction_id in zip(predictions, ids, strict=True):
@@ -140,7 +141,7 @@ def _predict(counted: bool):
     return jsonify(body)
 
 
-def _challenger_labels(matrix, hazardous, counted: bool) -> tuple[str | None, list[int | None] | None]:
+def _challenger_labels(matrix, label_ids: list[int], counted: bool) -> tuple[str | None, list[int | None] | None]:
     """The challenger's labels for a share of the records (None for the others), or (None, None)
     without a challenger. Whatever it does, the answer is the champion's: a challenger that
     fails is logged and skipped."""
@@ -148,20 +149,25 @@ def _challenger_labels(matrix, hazardous, counted: bool) -> tuple[str | None, li
     share = current_app.config["CHALLENGER_SHARE"]
     if challenger is None or share <= 0:
         return None, None
-    chosen = np.arange(len(matrix)) if share >= 1 else np.flatnonzero(np.random.random(len(matrix)) < share)
-    labels: list[int | None] = [None] * len(matrix)
-    if len(chosen):
+    records = len(label_ids)
+    # One draw per record, in plain Python: at the default share most requests score nothing,
+    # and numpy's draw and index would cost more than the rest of this function.
+    chosen = list(range(records)) if share >= 1 else [i for i in range(records) if random.random() < share]
+    labels: list[int | None] = [None] * records
+    if chosen:
         try:
-            theirs = challenger.hazard_probability(matrix[chosen]) > 0.5
+            theirs = challenger.hazard_probability(matrix[chosen]).tolist()
         except Exception:  # Scoring a challenger must never cost the client its answer.
             current_app.logger.exception(
                 "challenger %s failed to score; answering with the champion", challenger.version
             )
             return None, None
-        for index, label in zip(chosen.tolist(), theirs.astype(int).tolist(), strict=True):
-            labels[index] = label
+        agreed = 0
+        for index, probability in zip(chosen, theirs, strict=True):
+            labels[index] = label = int(probability > 0.5)
+            agreed += label == label_ids[index]
         if counted:
-            api_metrics().challenger_scored_records(len(chosen), int(np.count_nonzero(theirs == hazardous[chosen])))
+            api_metrics().challenger_scored_records(len(chosen), agreed)
     return challenger.version, labels
 
 

@@ -49,6 +49,8 @@ UNKNOWN_FIELD = "unknown"
 MAX_PROBLEMS_REPORTED = 20
 
 _RANGES = {f.name: f for f in FEATURES}
+# (name, minimum, maximum) in FEATURE_NAMES order, for the check of a record that is well formed.
+_BOUNDS = tuple((f.name, f.minimum, f.maximum) for f in FEATURES)
 
 
 @dataclass
@@ -155,7 +157,9 @@ def _check_record(record: object, where: str) -> list[Problem]:
         path = prefix + name
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(Problem("wrong_type", f"{path} must be a number, got {type(value).__name__}", path))
-        elif not math.isfinite(value):
+        # An int is finite, however large: math.isfinite would convert it to a float and
+        # overflow (10**400 is valid JSON); the range check compares it exactly.
+        elif isinstance(value, float) and not math.isfinite(value):
             problems.append(Problem("not_finite", f"{path} must be finite", path))
         elif not feature.minimum <= value <= feature.maximum:
             problems.append(
@@ -167,6 +171,23 @@ def _check_record(record: object, where: str) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _well_formed(record: object) -> bool:
+    """True when ``record`` holds exactly the sensor fields, each a finite number in its range.
+
+    The common case, checked in one pass without building a message: ``_check_record`` says
+    what is wrong only when this is False, so the answers are the same either way. A bool is
+    not a number here (``type(True)`` is bool, not int), a NaN fails every comparison and an
+    infinity its range."""
+    if type(record) is not dict or len(record) != len(_BOUNDS):
+        return False
+    for name, minimum, maximum in _BOUNDS:
+        value = record.get(name)
+        value_type = type(value)
+        if (value_type is not float and value_type is not int) or not minimum <= value <= maximum:
+            return False
+    return True
 
 
 def batch_items(payload: object, key: str, noun: str, max_items: int) -> tuple[list, list[str]] | None:
@@ -201,11 +222,12 @@ def validate(payload: object, max_records: int) -> Features:
             400, "invalid_shape", 'the body must be a JSON object: one record, or {"records": [...]} for a batch'
         )
 
-    problems: list[Problem] = []
-    for record, path in zip(records, paths, strict=True):
-        problems += _check_record(record, path)
-    if problems:
-        status = 400 if problems[0].reason == "invalid_shape" else 422
-        raise RequestError(status, problems)
+    if not all(map(_well_formed, records)):
+        problems: list[Problem] = []
+        for record, path in zip(records, paths, strict=True):
+            problems += _check_record(record, path)
+        if problems:  # always, as _well_formed is stricter; if not, the record is served as before
+            status = 400 if problems[0].reason == "invalid_shape" else 422
+            raise RequestError(status, problems)
     matrix = np.array([[record[name] for name in FEATURE_NAMES] for record in records], dtype=np.float64)
     return Features(matrix, is_batch)

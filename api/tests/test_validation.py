@@ -38,6 +38,8 @@ def test_batch_becomes_one_row_per_record():
         ({"temperature_c": 151}, "out_of_range", "temperature_c"),
         ({"gas_ppm": -0.01}, "out_of_range", "gas_ppm"),
         ({"humidity_pct": 10**30}, "out_of_range", "humidity_pct"),
+        # too large for a float: refused by its range, not a 500 from converting it
+        ({"humidity_pct": 10**400}, "out_of_range", "humidity_pct"),
         ({"colour": "red"}, "unknown_field", "colour"),
     ],
 )

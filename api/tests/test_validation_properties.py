@@ -120,3 +120,32 @@ def test_a_body_over_max_content_length_is_a_413(small_body_client, payloads, ex
     answer = response.get_json()
     assert answer["error"] == "body_too_large" and f"larger than {SMALL_BODY_LIMIT} bytes" in answer["message"]
     assert good_counts(small_body_client) == before
+
+
+# Values near and beyond every edge a field has: its range, its type, its finiteness.
+edge_values = (
+    st.sampled_from([f.minimum for f in FEATURES] + [f.maximum for f in FEATURES])
+    | st.floats()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=3)
+)
+any_record = (
+    st.dictionaries(st.sampled_from([*FEATURE_NAMES, "colour"]), edge_values, max_size=6)
+    | good_record
+    # a good record with one field changed: the case that a lax quick check would let through
+    | st.tuples(good_record, st.sampled_from([*FEATURE_NAMES, "colour"]), edge_values).map(
+        lambda changed: {**changed[0], changed[1]: changed[2]}
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(record=any_record)
+def test_the_quick_check_of_a_record_agrees_with_the_full_one(record):
+    """_well_formed (the pass that serves well-formed records) accepts exactly the records in
+    which the full check, the one that writes the error messages, finds no problem."""
+    from hvs_api import validation
+
+    assert validation._well_formed(record) == (validation._check_record(record, "") == [])
