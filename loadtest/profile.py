@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic = load(args.seconds + 1)
         subprocess.run(
             [py_spy, "record", "--pid", str(worker), "--rate", str(args.rate), "--duration", str(args.seconds)]
-            + ["--format", "raw", "--output", str(raw_path), "--nonblocking"],
+            + ["--format", "raw", "--output", str(raw_path)],
             check=True,
             capture_output=True,
         )

@@ -23,6 +23,9 @@ class ModelState:
     challenger: LoadedModel | None = None
     # The process that last published the model's metrics (see ApiMetrics.model_changed).
     published_pid: int | None = None
+    # The process whose start (process_start.start_in_this_process) is done: every later
+    # request of that process skips it.
+    started_pid: int | None = None
 
 
 def model_state() -> ModelState:

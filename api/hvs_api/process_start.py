@@ -44,7 +44,11 @@ def start_in_this_process():
     # after a promotion (a crash, MAX_REQUESTS) starts with the master's older model, so it
     # first asks the registry which version the alias names: one query per new worker, and
     # check_once publishes the model it loads (the old version's series at 0).
-    state, model_watcher, other = model_state(), watcher(), challenger_watcher()
+    state = model_state()
+    pid = os.getpid()
+    if state.started_pid == pid:  # every request after the first: a before_request hook
+        return
+    model_watcher, other = watcher(), challenger_watcher()
     if state.published_pid != os.getpid():
         state.published_pid = os.getpid()
         if not (model_watcher.watching and model_watcher.check_once()):
@@ -54,3 +58,4 @@ def start_in_this_process():
     model_watcher.ensure_started()
     if other is not None:
         other.ensure_started()
+    state.started_pid = pid
