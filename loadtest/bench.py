@@ -93,6 +93,19 @@ def ensure_wrk() -> str:
     sys.exit("wrk is missing: install it (Debian/Ubuntu: sudo apt-get install wrk) and run make bench again")
 
 
+def trained_store(workdir: Path) -> Path:
+    """A model store in ``workdir``, trained by the training command as `make train` runs it."""
+    mlruns = workdir / "mlruns"
+    log(f"training the model into {mlruns}")
+    subprocess.run(
+        [sys.executable, "-m", "hvs_model.train"],
+        env={**os.environ, "MLRUNS_DIR": str(mlruns)},
+        check=True,
+        capture_output=True,
+    )
+    return mlruns
+
+
 def free_port() -> int:
     import socket
 
@@ -342,14 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     workdir = Path(tempfile.mkdtemp(prefix="hvs-bench-"))
-    mlruns = workdir / "mlruns"
-    log(f"training the model into {mlruns}")
-    subprocess.run(
-        [sys.executable, "-m", "hvs_model.train"],
-        env={**os.environ, "MLRUNS_DIR": str(mlruns)},
-        check=True,
-        capture_output=True,
-    )
+    mlruns = trained_store(workdir)
     os.environ["MLRUNS_DIR"] = str(mlruns)
     import hvs_store as store
     from hvs_model import readings

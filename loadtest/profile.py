@@ -14,7 +14,6 @@ Writes results/profile.md and results/profile.raw.txt (py-spy's collapsed stacks
 import argparse
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtest.bench import BIN, ROOT, Server, ensure_wrk, log
+from loadtest.bench import BIN, ROOT, Server, ensure_wrk, trained_store
 
 # Each sample goes to the first layer of this list that one of its frames belongs to: a sample
 # inside the model call counts as the model's, not as the view's that called it, and a gevent
@@ -121,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy", path=str(BIN)) or sys.exit("py-spy is missing: make bench installs it")
 
     workdir = Path(tempfile.mkdtemp(prefix="hvs-profile-"))
-    mlruns = workdir / "mlruns"
-    log(f"training the model into {mlruns}")
-    subprocess.run(
-        [sys.executable, "-m", "hvs_model.train"],
-        env={**os.environ, "MLRUNS_DIR": str(mlruns)},
-        check=True,
-        capture_output=True,
-    )
+    mlruns = trained_store(workdir)
     server = Server(
         "profile",
         [str(BIN / "gunicorn"), "--config", str(ROOT / "api" / "gunicorn.conf.py")],
