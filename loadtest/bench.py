@@ -70,9 +70,12 @@ NOCHALLENGER_BATCH = "predict batch 100, no challenger"
 NOMONITORING_SINGLE = "predict single, no model monitoring"
 NOMONITORING_BATCH = "predict batch 100, no model monitoring"
 # mlflow's scoring server at OpenMP's default thread count and at one thread per worker.
-MLFLOW_DEFAULT = "mlflow models serve single, OpenMP default threads"
-MLFLOW_ONE_THREAD = "mlflow models serve single, OMP_NUM_THREADS=1"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Target name: (server name, the thread variables it runs with; none is OpenMP's default).
+MLFLOW_PEERS = {
+    "mlflow models serve single, OpenMP default threads": ("mlflow-serve", {}),
+    "mlflow models serve single, OMP_NUM_THREADS=1": ("mlflow-serve-1thread", dict.fromkeys(THREAD_VARIABLES, "1")),
+}
 # The rows of the API with scikit-learn computing the probabilities (INFERENCE_RUNTIME=sklearn).
 SKLEARN_SINGLE = "predict single, sklearn runtime"
 SKLEARN_BATCH = "predict batch 100, sklearn runtime"
@@ -203,11 +206,16 @@ class Target:
     rows: int = 1
 
 
-def run_wrk(wrk: str, target: Target, duration: int, connections: int, timeout: int, workdir: Path) -> dict:
-    script = workdir / f"{target.name}.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{target.body}]==]\n'
+def wrk_script(path: Path, body: str) -> Path:
+    """A wrk script at ``path`` that POSTs ``body`` as JSON."""
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
     )
+    return path
+
+
+def run_wrk(wrk: str, target: Target, duration: int, connections: int, timeout: int, workdir: Path) -> dict:
+    script = wrk_script(workdir / f"{target.name}.lua", target.body)
     url = f"http://127.0.0.1:{target.server.port}{target.path}"
     before = cpu_seconds(target.server.pids())
     out = subprocess.run(
@@ -452,10 +460,7 @@ def main(argv: list[str] | None = None) -> int:
                 ready_path="/ping",
                 unset=THREAD_VARIABLES,
             )
-            for name, threads in (
-                ("mlflow-serve", {}),
-                ("mlflow-serve-1thread", dict.fromkeys(THREAD_VARIABLES, "1")),
-            )
+            for name, threads in MLFLOW_PEERS.values()
         },
         # One worker each, so the first request after a replacement is the new worker's.
         "replace-check": Server(
@@ -478,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         Target(SYNC_TARGET, servers["predict-sync"], "/predict", json.dumps(record)),
         *(
             Target(name, servers[server], "/invocations", json.dumps({"dataframe_records": [record]}))
-            for name, server in ((MLFLOW_DEFAULT, "mlflow-serve"), (MLFLOW_ONE_THREAD, "mlflow-serve-1thread"))
+            for name, (server, _) in MLFLOW_PEERS.items()
         ),
         Target("predict batch 100", servers["predict"], "/predict", json.dumps({"records": batch}), rows=100),
         Target(NOCHALLENGER_SINGLE, servers["predict-nochallenger"], "/predict", json.dumps(record)),
@@ -551,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = {name: row["cpu_us_per_request"]["median"] for name, row in table.items()}
     overhead = cpu["predict single"] - model_call["single"]["cpu_us_per_call"]
     in_server = {name: statistics.median(values) for name, values in model_in_server.items()}
-    peer = max((MLFLOW_DEFAULT, MLFLOW_ONE_THREAD), key=rps.__getitem__)
+    peer = max(MLFLOW_PEERS, key=rps.__getitem__)
     checks = [
         (
             f"/predict single vs mlflow models serve at its best here ({peer.split(', ', 1)[1]}; throughput)",
@@ -627,11 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         "runtime": runtime_cost(table, model_call, model_call_sklearn),
         "worker_rss_mib": rss,
         # The better of mlflow's two thread settings, the one the goal compares against.
-        "mlflow_peer": {
-            "target": peer,
-            "rps": rps[peer],
-            "other_rps": rps[({MLFLOW_DEFAULT, MLFLOW_ONE_THREAD} - {peer}).pop()],
-        },
+        "mlflow_peer": {"target": peer, "rps": {name: rps[name] for name in MLFLOW_PEERS}},
         # What scoring the challenger costs: throughput kept with it against without it.
         "challenger": {
             "single_throughput_kept": rps["predict single"] / rps[NOCHALLENGER_SINGLE],

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtest.bench import BIN, ROOT, Server, ensure_wrk, trained_store
+from loadtest.bench import BIN, ROOT, Server, ensure_wrk, trained_store, wrk_script
 
 # Each sample goes to the first layer of this list that one of its frames belongs to: a sample
 # inside the model call counts as the model's, not as the view's that called it, and a gevent
@@ -134,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         ready_path="/ready",
     )
-    script = workdir / "predict.lua"
-    body = json.dumps(json.loads((ROOT / "test_payload.json").read_text()))
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{body}]==]\n'
-    )
+    script = wrk_script(workdir / "predict.lua", json.dumps(json.loads((ROOT / "test_payload.json").read_text())))
     url = f"http://127.0.0.1:{server.port}{args.path}"
 
     def load(seconds: int) -> subprocess.Popen:

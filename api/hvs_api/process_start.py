@@ -49,8 +49,8 @@ def start_in_this_process():
     if state.started_pid == pid:  # every request after the first: a before_request hook
         return
     model_watcher, other = watcher(), challenger_watcher()
-    if state.published_pid != os.getpid():
-        state.published_pid = os.getpid()
+    if state.published_pid != pid:
+        state.published_pid = pid
         if not (model_watcher.watching and model_watcher.check_once()):
             api_metrics().model_changed(state.model)
         if other is not None and not (other.watching and other.check_once()):
