@@ -5,19 +5,19 @@ Under gunicorn the ``PROMETHEUS_MULTIPROC_DIR`` variable is set (by gunicorn.con
 ``/metrics`` adds them up, so counts are exact across workers and survive a worker's death.
 Without it (the Flask test client, a single process) an ordinary registry is used.
 
-The default HTTP metrics come from prometheus-flask-exporter. The user's queries select
-``flask_http_request_total{endpoint="/predict"}``, but the exporter gives its request
-counter no grouping label, and its ``endpoint`` grouping is the Flask view name. So the
-route template (``/predict``, never the raw path) is added to every default metric as the
-``endpoint`` label, and the duration histogram's own grouping label, which the exporter
-always adds, is the Flask view name as ``handler``. Both are bounded by the app's routes;
-anything that matches no route is ``endpoint="unmatched"``.
+The default HTTP metrics keep prometheus-flask-exporter's names; ``hvs_api.http_metrics`` records
+them (the exporter's own recording cost a tenth of a prediction). The user's queries select
+``flask_http_request_total{endpoint="/predict"}``: ``endpoint`` is the route template
+(``/predict``, never the raw path) on every default metric, and the duration histogram's
+``handler`` is the Flask view name. Both are bounded by the app's routes; anything that
+matches no route is ``endpoint="unmatched"``. The exporter serves ``/metrics`` (across the
+workers' files under gunicorn) and ``app_info``.
 """
 
 import math
 import os
 
-from flask import Flask, request
+from flask import Flask
 from hvs_model.baseline import BIN_LABELS, Baseline
 from hvs_model.features import FEATURE_NAMES, LABELS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -28,11 +28,10 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 from hvs_api import metrics_files
 from hvs_api.feedback import FEEDBACK_REASONS
+from hvs_api.http_metrics import HttpRequestMetrics
 from hvs_api.model import LoadedModel
 from hvs_api.runtime import FALLBACK_REASONS, RUNTIMES
 from hvs_api.validation import FIELD_REASONS, INVALID_REASONS, UNKNOWN_FIELD, Problem
-
-UNMATCHED = "unmatched"
 
 # Model calls take from about 20 microseconds (one record through treelite) to about a second
 # (a 1,000-record batch on a large model through scikit-learn).
@@ -89,25 +88,6 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-class RouteTemplate:
-    """The ``endpoint`` label's value: the current request's route template, or ``unmatched``.
-
-    A label given to the exporter as a function has its signature inspected on every
-    request, once per metric: about a tenth of the exporter's cost. Anything else is passed
-    through as a static value, and prometheus_client turns every label value into a string,
-    so an object whose ``str()`` reads the request gives the same label for less.
-    """
-
-    def __str__(self) -> str:
-        rule = request.url_rule
-        return rule.rule if rule is not None else UNMATCHED
-
-
-def handler(req) -> str:
-    """The Flask view that served the request, or ``unmatched``."""
-    return req.endpoint or UNMATCHED
-
-
 def _identify(info: Gauge, model: LoadedModel | None, previous: LoadedModel | None) -> None:
     """A model-identity gauge: the previous model's series to 0 (multiprocess files cannot remove
     a series), the new one's to 1."""
@@ -124,16 +104,13 @@ class ApiMetrics:
         # exporter reads the workers' files at scrape time instead.
         self.registry = CollectorRegistry()
         exporter_class = _FoldAwareGunicornMetrics if multiprocess_mode() else PrometheusMetrics
-        self.exporter = exporter_class(
-            app=None,
-            registry=self.registry,
-            group_by=handler,
-            default_labels={"endpoint": RouteTemplate()},
-            buckets=REQUEST_BUCKETS,
-            export_defaults=enabled,
-        )
+        self.exporter = exporter_class(app=None, registry=self.registry, export_defaults=False)
         self.exporter.init_app(app)
         self.exporter.info("app_info", "HVS Prediction API Information", version=app_version)
+        if enabled:
+            self.exporter.info(
+                "flask_exporter_info", "Information about the Prometheus Flask exporter", version=self.exporter.version
+            )
 
         registry = self.registry
         self.prediction_outcomes = Counter(
@@ -286,8 +263,7 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        app.before_request(self.requests_in_progress.inc)
-        app.teardown_request(lambda _error: self.requests_in_progress.dec())
+        self.http = HttpRequestMetrics(app, registry, REQUEST_BUCKETS, self.requests_in_progress, enabled)
 
         # Every bounded label value exists from the start, so rates and alerts see a 0
         # rather than no series before the first event.

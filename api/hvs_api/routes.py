@@ -101,15 +101,17 @@ def _synthetic_predict():
 
 
 def _predict(counted: bool):
-    model = model_state().model
+    # Each reach into Flask's context proxies costs about a microsecond: the app's objects once.
+    config, state, metrics = current_app.config, model_state(), api_metrics()
+    model = state.model
     if model is None:
-        return jsonify({"error": "model_not_loaded", "message": model_state().error}), 503
-    if current_app.config["FAULT_INJECTION_ENABLED"] and request.headers.get(FAULT_HEADER, "").lower() in ("1", "true"):
+        return jsonify({"error": "model_not_loaded", "message": state.error}), 503
+    if config["FAULT_INJECTION_ENABLED"] and request.headers.get(FAULT_HEADER, "").lower() in ("1", "true"):
         if counted:
-            api_metrics().fault_injected()
+            metrics.fault_injected()
         return jsonify({"error": "injected_fault", "message": f"failed on purpose ({FAULT_HEADER} is set)"}), 500
     try:
-        features = validation.validate(_json_body(), current_app.config["MAX_BATCH_RECORDS"])
+        features = validation.validate(_json_body(), config["MAX_BATCH_RECORDS"])
     except validation.RequestError as error:
         return _refused(error, counted)
 
@@ -120,9 +122,9 @@ def _predict(counted: bool):
     # Plain Python from here: numpy's per-call cost is larger than the work on a few records.
     probabilities = probability.tolist()
     label_ids = [int(p > 0.5) for p in probabilities]
-    monitoring = current_app.config["MODEL_MONITORING_ENABLED"]
+    monitoring = config["MODEL_MONITORING_ENABLED"]
     if counted:
-        api_metrics().predictions_made(
+        metrics.predictions_made(
             probabilities, label_ids, elapsed, features.matrix, model.inputs if monitoring else None
         )
 
@@ -131,7 +133,9 @@ def _predict(counted: bool):
         for p, h in zip(probabilities, label_ids, strict=True)
     ]
     if monitoring:
-        challenger, challenger_ids = _challenger_labels(features.matrix, label_ids, counted)
+        challenger, challenger_ids = _challenger_labels(
+            state.challenger, config["CHALLENGER_SHARE"], features.matrix, label_ids, metrics if counted else None
+        )
         # The id to send the true label back with (POST /feedback), with both models' answers in it.
         ids = feedback().ids().issue(model.version, label_ids, challenger, challenger_ids)
         for prediction, prediction_id in zip(predictions, ids, strict=True):
@@ -141,12 +145,12 @@ def _predict(counted: bool):
     return jsonify(body)
 
 
-def _challenger_labels(matrix, label_ids: list[int], counted: bool) -> tuple[str | None, list[int | None] | None]:
+def _challenger_labels(
+    challenger, share: float, matrix, label_ids: list[int], metrics
+) -> tuple[str | None, list[int | None] | None]:
     """The challenger's labels for a share of the records (None for the others), or (None, None)
-    without a challenger. Whatever it does, the answer is the champion's: a challenger that
-    fails is logged and skipped."""
-    challenger = model_state().challenger
-    share = current_app.config["CHALLENGER_SHARE"]
+    without a challenger, its agreement counted in ``metrics`` (None: not counted). Whatever it
+    does, the answer is the champion's: a challenger that fails is logged and skipped."""
     if challenger is None or share <= 0:
         return None, None
     records = len(label_ids)
@@ -166,8 +170,8 @@ def _challenger_labels(matrix, label_ids: list[int], counted: bool) -> tuple[str
         for index, probability in zip(chosen, theirs, strict=True):
             labels[index] = label = int(probability > 0.5)
             agreed += label == label_ids[index]
-        if counted:
-            api_metrics().challenger_scored_records(len(chosen), agreed)
+        if metrics is not None:
+            metrics.challenger_scored_records(len(chosen), agreed)
     return challenger.version, labels
 
 
