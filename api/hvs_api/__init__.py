@@ -20,7 +20,7 @@ from hvs_api.feedback import Feedback
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model_watcher import ModelWatcher
 from hvs_api.process_start import load_challenger, load_model_state, start_in_this_process
-from hvs_api.responses import internal_error, json_error, security_headers
+from hvs_api.responses import CompactJSONProvider, internal_error, json_error, security_headers
 
 # gunicorn.conf.py's post_worker_init calls start_in_this_process from here.
 __all__ = ["create_app", "start_in_this_process"]
@@ -70,6 +70,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     with ``CHALLENGER`` beside it, and ``FEEDBACK_DB`` to keep its labels elsewhere.
     """
     app = Flask(__name__)
+    app.json = CompactJSONProvider(app)
     app.config.from_mapping(config_from(ApiSettings.from_env()))
     if test_config:
         app.config.from_mapping(test_config)

@@ -1,9 +1,11 @@
 """What every answer of the API shares: JSON errors (never an HTML page or a stack trace) and
 the security headers of a JSON API."""
 
+import json
 import logging
 
 from flask import jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -39,3 +41,21 @@ def security_headers(response):
     # one by one (a quarter of the cost, on every response).
     response.headers.extend(SECURITY_HEADERS)
     return response
+
+
+class CompactJSONProvider(DefaultJSONProvider):
+    """Flask's JSON answers, byte for byte, with the compact encoder built once: Flask calls
+    json.dumps with options on every answer, which builds a new encoder each time (about a
+    tenth of a one-record prediction's own cost). Debug mode's indented answers are Flask's."""
+
+    def __init__(self, app):
+        super().__init__(app)
+        self._encoder = json.JSONEncoder(
+            default=self.default, ensure_ascii=self.ensure_ascii, sort_keys=self.sort_keys, separators=(",", ":")
+        )
+
+    def response(self, *args, **kwargs):
+        if (self.compact is None and self._app.debug) or self.compact is False:
+            return super().response(*args, **kwargs)
+        body = self._encoder.encode(self._prepare_response_obj(args, kwargs))
+        return self._app.response_class(body + "\n", mimetype=self.mimetype)
