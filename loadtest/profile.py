@@ -30,6 +30,7 @@ LAYERS = (
     ("model call (treelite or scikit-learn)", ("hvs_api/runtime.py", "treelite", "sklearn/")),
     ("metrics: prometheus_client values", ("prometheus_client/",)),
     ("metrics: prometheus-flask-exporter", ("prometheus_flask_exporter/",)),
+    ("metrics: default HTTP metrics (hvs_api/http_metrics.py)", ("hvs_api/http_metrics.py",)),
     ("metrics: our counts (hvs_api/metrics.py)", ("hvs_api/metrics.py", "hvs_model/baseline.py")),
     ("prediction ids (hvs_api/prediction_ids.py)", ("hvs_api/prediction_ids.py",)),
     ("validation (hvs_api/validation.py)", ("hvs_api/validation.py",)),
