@@ -80,8 +80,9 @@ class HttpRequestMetrics:
 
     def started(self) -> None:
         self.in_progress.inc()
-        if self.enabled:
-            request.environ["hvs.started"] = time.perf_counter()
+        # Also the mark that this request was counted in progress: an earlier hook that raised
+        # would skip this one, and the teardown, which always runs, must not count it out.
+        request.environ["hvs.started"] = time.perf_counter()
 
     def answered(self, response):
         self._record(request._get_current_object(), response.status_code)
@@ -90,10 +91,11 @@ class HttpRequestMetrics:
     def ended(self, error: BaseException | None) -> None:
         """The request is over; one that raised past the error handlers is counted as an exception
         (and recorded with Flask's 500 if ``answered`` never saw it)."""
-        self.in_progress.dec()
+        req = request._get_current_object()
+        if "hvs.started" in req.environ:
+            self.in_progress.dec()
         if error is None or not self.enabled:
             return
-        req = request._get_current_object()
         if _marked_out(req):
             return
         rule = req.url_rule

@@ -164,3 +164,21 @@ def test_the_in_progress_gauge_counts_a_request_while_it_is_served(enabled):
         registry.get_sample_value("flask_http_request_total", {"method": "GET", "status": "200", "endpoint": "/look"})
         == 1
     ) is enabled
+
+
+def test_a_request_an_earlier_hook_failed_is_not_counted_out_of_progress():
+    app, registry = Flask("early"), CollectorRegistry()
+
+    @app.before_request
+    def fails_first():
+        raise RuntimeError("before the metrics' hook")
+
+    in_progress = Gauge("in_progress", "requests being served", registry=registry)
+    HttpRequestMetrics(app, registry, BUCKETS, in_progress, enabled=True)
+
+    @app.get("/any")
+    def any_view():
+        return {}
+
+    assert app.test_client().get("/any").status_code == 500
+    assert in_progress._value.get() == 0
