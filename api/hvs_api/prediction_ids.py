@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 
 FORMAT = 1
+# base64 to base64url, as base64.urlsafe_b64encode translates it.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _HEAD = struct.Struct(">BI8sIB")
 SIGNATURE_BYTES = 12
 # Personalisation keeps these signatures apart from any other use of the same key.
@@ -82,11 +84,16 @@ class PredictionIds:
         nonce = os.urandom(8)
         versions = _versions(model_version, challenger_version)
         challenger = challenger_label_ids or [None] * len(label_ids)
-        ids = []
+        # The loop of _sign and base64.urlsafe_b64encode inlined: their Python frames were a
+        # third of an id's cost, and a batch issues one id per record.
+        pack, signer, ids = _HEAD.pack, self._signer, []
         for index, (label, other) in enumerate(zip(label_ids, challenger, strict=True)):
             labels = label | ((0 if other is None else other + 1) << 1)
-            body = _HEAD.pack(FORMAT, issued_at, nonce, index, labels) + versions
-            ids.append(base64.urlsafe_b64encode(body + self._sign(body)).rstrip(b"=").decode("ascii"))
+            body = pack(FORMAT, issued_at, nonce, index, labels) + versions
+            signature = signer.copy()
+            signature.update(body)
+            encoded = binascii.b2a_base64(body + signature.digest(), newline=False).translate(_URLSAFE)
+            ids.append(encoded.rstrip(b"=").decode("ascii"))
         return ids
 
     def read(self, text: str) -> Prediction:
