@@ -62,6 +62,21 @@ def dump(documents: list[dict]) -> str:
 LAB_ONLY_RULE_FILES = ("monitoring-stack.yml",)
 
 
+def alerting_metadata() -> dict:
+    """The metadata of the alerting resources (the rules and the Alertmanager configuration):
+    in the stack's namespace, with the label its release selects them by."""
+    return {
+        "name": "hvs-api",
+        "namespace": "monitoring",
+        "labels": {
+            "release": "prometheus",
+            **named("hvs-alerting"),
+            "app.kubernetes.io/component": "alerting",
+            **LABELS,
+        },
+    }
+
+
 def prometheus_rule() -> str:
     groups = []
     for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml")):
@@ -70,17 +85,8 @@ def prometheus_rule() -> str:
     rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {
-            "name": "hvs-api",
-            "namespace": "monitoring",
-            # kube-prometheus-stack's Prometheus selects rules by its release label.
-            "labels": {
-                "release": "prometheus",
-                **named("hvs-alerting"),
-                "app.kubernetes.io/component": "alerting",
-                **LABELS,
-            },
-        },
+        # kube-prometheus-stack's Prometheus selects rules by its release label.
+        "metadata": alerting_metadata(),
         "spec": {"groups": groups},
     }
     return HEADER.format(source=f"prometheus/rules/*.yml except {', '.join(LAB_ONLY_RULE_FILES)}") + dump([rule])
@@ -221,20 +227,11 @@ def alertmanager_config() -> str:
     config = {
         "apiVersion": "monitoring.coreos.com/v1alpha1",
         "kind": "AlertmanagerConfig",
-        "metadata": {
-            "name": "hvs-api",
-            "namespace": "monitoring",
-            # kube-prometheus-stack's Alertmanager selects AlertmanagerConfigs by this label
-            # (alertmanagerConfigSelector in k8s/helm-values.yaml). It lives in the Alertmanager's
-            # own namespace, where the matcher strategy OnNamespaceExceptForAlertmanagerNamespace
-            # adds no namespace matcher: the API's alerts are aggregated by job and carry none.
-            "labels": {
-                "release": "prometheus",
-                **named("hvs-alerting"),
-                "app.kubernetes.io/component": "alerting",
-                **LABELS,
-            },
-        },
+        # kube-prometheus-stack's Alertmanager selects AlertmanagerConfigs by the release label
+        # (alertmanagerConfigSelector in k8s/helm-values.yaml). It lives in the Alertmanager's
+        # own namespace, where the matcher strategy OnNamespaceExceptForAlertmanagerNamespace
+        # adds no namespace matcher: the API's alerts are aggregated by job and carry none.
+        "metadata": alerting_metadata(),
         # alertmanager.yml's global resolve_timeout belongs to the operator's Alertmanager.
         "spec": {
             "route": top,
