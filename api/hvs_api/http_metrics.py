@@ -66,7 +66,7 @@ class HttpRequestMetrics:
 
     def _series_of(self, method: str, status: int, rule) -> tuple:
         """The (duration, total) children for one combination, kept after the first lookup."""
-        endpoint, handler = (rule.rule, rule.endpoint) if rule is not None else (UNMATCHED, UNMATCHED)
+        endpoint, handler = _route(rule)
         key = (method, status, endpoint, handler)
         series = self._series.get(key)
         if series is None:
@@ -98,8 +98,7 @@ class HttpRequestMetrics:
             return
         if _marked_out(req):
             return
-        rule = req.url_rule
-        self.exceptions.labels(req.method, 500, rule.rule if rule is not None else UNMATCHED).inc()
+        self.exceptions.labels(req.method, 500, _route(req.url_rule)[0]).inc()
         # Flask's own 500 usually went through ``answered``; if it did not, it is recorded here.
         self._record(req, 500)
 
@@ -114,6 +113,11 @@ class HttpRequestMetrics:
             duration.observe(max(time.perf_counter() - started, 0.0))
         total.inc()
         return True
+
+
+def _route(rule) -> tuple[str, str]:
+    """The ``endpoint`` and ``handler`` labels of a request's URL rule (None: no route matched)."""
+    return (rule.rule, rule.endpoint) if rule is not None else (UNMATCHED, UNMATCHED)
 
 
 def _marked_out(req) -> bool:
