@@ -4,12 +4,11 @@ import random
 import time
 
 from flask import Blueprint, current_app, jsonify, make_response, request
-from hvs_model.features import LABELS
 from prometheus_flask_exporter import PrometheusMetrics
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from hvs_api import feedback as feedback_requests
-from hvs_api import openapi, validation
+from hvs_api import openapi, prediction_body, validation
 from hvs_api.extensions import api_metrics, feedback, model_state
 from hvs_api.feedback_ledger import AlreadyLabelled
 
@@ -39,16 +38,18 @@ def _refused(error: validation.RequestError, counted: bool = True):
 
 def _json_body():
     """The decoded JSON body, or a RequestError (wrong media type, too large, incomplete, not JSON)."""
-    if request.mimetype != "application/json":
+    environ = request.environ
+    # The usual header is compared as it is; any other goes through Werkzeug's parsing (case, parameters).
+    if environ.get("CONTENT_TYPE") != "application/json" and request.mimetype != "application/json":
         raise validation.refuse(
             415,
             "unsupported_media_type",
             f"Content-Type must be application/json, got {request.mimetype or 'none'!r}",
         )
-    return validation.parse_json(_body())
+    return validation.parse_json(_body(environ))
 
 
-def _body() -> bytes:
+def _body(environ: dict) -> bytes:
     """The request body, or a RequestError when it is too large or never arrives whole."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
 
@@ -58,6 +59,21 @@ def _body() -> bytes:
     def incomplete():
         return validation.refuse(400, "body_incomplete", "the body ended before it was complete")
 
+    length = environ.get("CONTENT_LENGTH", "")
+    if length.isdigit() and length.isascii() and environ.get("HTTP_TRANSFER_ENCODING") != "chunked":
+        # The usual request, read in one call of the server's own stream: Werkzeug's wrappers
+        # around it (a limit, then reads until the end) cost about as much as parsing a record.
+        # The length is the client's word; a body that ends before it is incomplete.
+        size = int(length)
+        if size > limit:
+            raise too_large()
+        try:
+            raw = environ["wsgi.input"].read(size)
+        except (OSError, ValueError) as exc:
+            raise incomplete() from exc
+        if len(raw) < size:
+            raise incomplete()
+        return raw
     if request.content_length is None:
         # A chunked body has no length to check up front, and werkzeug's limit would cut it
         # at the limit without a word (a 400 for broken JSON): read one byte past the limit
@@ -128,21 +144,18 @@ def _predict(counted: bool):
             probabilities, label_ids, elapsed, features.matrix, model.inputs if monitoring else None
         )
 
-    predictions = [
-        {"label": LABELS[h], "label_id": h, "hazard_probability": round(p, 6), "model_version": model.version}
-        for p, h in zip(probabilities, label_ids, strict=True)
-    ]
+    ids = None
     if monitoring:
         challenger, challenger_ids = _challenger_labels(
             state.challenger, config["CHALLENGER_SHARE"], features.matrix, label_ids, metrics if counted else None
         )
         # The id to send the true label back with (POST /feedback), with both models' answers in it.
         ids = feedback().ids().issue(model.version, label_ids, challenger, challenger_ids)
-        for prediction, prediction_id in zip(predictions, ids, strict=True):
-            prediction["id"] = prediction_id
-    body = {"predictions": predictions} if features.is_batch else {"prediction": predictions[0]}
-    body["model"] = {"name": model.name, "version": model.version, "run_id": model.run_id}
-    return jsonify(body)
+    # {"prediction": {...}} or {"predictions": [...]}, beside {"model": {name, version, run_id}};
+    # each prediction has label, label_id, hazard_probability, model_version and id.
+    answer = prediction_body.for_model(model.name, model.version, model.run_id)
+    text = answer.render(probabilities, label_ids, ids, features.is_batch)
+    return current_app.response_class(text, mimetype="application/json")
 
 
 def _challenger_labels(

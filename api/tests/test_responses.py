@@ -1,4 +1,4 @@
-"""The API's JSON answers are Flask's own, byte for byte."""
+"""The API's JSON answers are Flask's own, byte for byte: its provider's, and the /predict answer's text."""
 
 import datetime
 import decimal
@@ -7,9 +7,11 @@ import uuid
 import pytest
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from hvs_model.features import LABELS
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hvs_api import prediction_body
 from hvs_api.responses import CompactJSONProvider
 
 json_values = st.recursive(
@@ -43,3 +45,32 @@ def test_the_types_flask_converts_are_converted_alike(debug):
     }
     ours, flasks = _answers(value, debug)
     assert ours == flasks
+
+
+_URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@st.composite
+def _predictions(draw):
+    records = draw(st.integers(1, 5))
+    probabilities = draw(st.lists(st.floats(), min_size=records, max_size=records))
+    label_ids = draw(st.lists(st.sampled_from([0, 1]), min_size=records, max_size=records))
+    ids = draw(st.none() | st.lists(st.text(_URLSAFE, min_size=1), min_size=records, max_size=records))
+    return probabilities, label_ids, ids, draw(st.booleans()) or records > 1
+
+
+@given(st.text(), st.text(), st.text(), _predictions())
+def test_a_prediction_answer_is_the_text_flask_gives_for_its_dicts(name, version, run_id, drawn):
+    probabilities, label_ids, ids, is_batch = drawn
+    predictions = [
+        {"label": LABELS[h], "label_id": h, "hazard_probability": round(p, 6), "model_version": version}
+        for p, h in zip(probabilities, label_ids, strict=True)
+    ]
+    for prediction, prediction_id in zip(predictions, ids or (), strict=False):
+        prediction["id"] = prediction_id
+    body = {"predictions": predictions} if is_batch else {"prediction": predictions[0]}
+    body["model"] = {"name": name, "version": version, "run_id": run_id}
+    ours, flasks = _answers(body, debug=False)
+
+    text = prediction_body.PredictionBody(name, version, run_id).render(probabilities, label_ids, ids, is_batch)
+    assert text.encode() == flasks == ours

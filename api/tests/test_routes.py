@@ -122,6 +122,16 @@ def test_every_invalid_reason_starts_at_zero(client):
         ({"json": {"temperature_c": 1}}, 422, "missing_field"),
         ({"json": {"records": []}}, 422, "empty_batch"),
         ({"data": " " * (1024 * 1024 + 1), "content_type": "application/json"}, 413, "body_too_large"),
+        # A body that ends before the length its header gives.
+        (
+            {
+                "data": NORMAL_TEXT,
+                "content_type": "application/json",
+                "environ_overrides": {"CONTENT_LENGTH": str(len(NORMAL_TEXT) + 1)},
+            },
+            400,
+            "body_incomplete",
+        ),
     ],
 )
 def test_bad_requests_get_a_json_4xx_and_change_no_good_count(client, kwargs, status, reason):
@@ -131,6 +141,12 @@ def test_bad_requests_get_a_json_4xx_and_change_no_good_count(client, kwargs, st
     assert response.is_json and response.json["error"] == reason and response.json["message"]
     assert sample(client, "hvs_api_invalid_requests_total", reason=reason) == 1
     assert series_good(client) == good_before
+
+
+@pytest.mark.parametrize("kind", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_json_is_accepted_under_any_spelling_of_its_media_type(client, kind):
+    response = client.post("/predict", data=NORMAL_TEXT, content_type=kind)
+    assert response.status_code == 200 and response.json["prediction"]["label"] == "Normal"
 
 
 def series_good(client) -> tuple[float, ...]:
