@@ -55,6 +55,12 @@ if os.environ.get("HVS_METRICS_DIR_OWNER") != str(os.getpid()):
     os.makedirs(_metrics_dir, exist_ok=True)
     os.environ["HVS_METRICS_DIR_OWNER"] = str(os.getpid())
 
+# Each metric write without a system call and a greenlet lock (hvs_api.metric_values): before the
+# first metric of this process is created, and after the thread variables above.
+from hvs_api.metric_values import install as _install_metric_values  # noqa: E402
+
+_install_metric_values()
+
 wsgi_app = "hvs_api:create_app()"
 bind = f"{SETTINGS.host}:{SETTINGS.port}"
 # The model is CPU-bound: one worker process per available core. Each holds its clients'
