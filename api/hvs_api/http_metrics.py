@@ -23,6 +23,8 @@ import time
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from hvs_api.histograms import observe_one
+
 UNMATCHED = "unmatched"
 
 # Beyond this many (method, status, route) combinations the series are looked up on every
@@ -110,7 +112,7 @@ class HttpRequestMetrics:
         duration, total = self._series_of(req.method, status, req.url_rule)
         started = req.environ.get("hvs.started")
         if started is not None:
-            duration.observe(max(time.perf_counter() - started, 0.0))
+            observe_one(duration, max(time.perf_counter() - started, 0.0))
         total.inc()
         return True
 

@@ -16,7 +16,6 @@ workers' files under gunicorn) and ``app_info``.
 
 import math
 import os
-from bisect import bisect_left
 
 from flask import Flask
 from hvs_model.baseline import BIN_LABELS, Baseline
@@ -29,6 +28,7 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 
 from hvs_api import metrics_files
 from hvs_api.feedback import FEEDBACK_REASONS
+from hvs_api.histograms import observe_all, observe_one
 from hvs_api.http_metrics import HttpRequestMetrics
 from hvs_api.model import LoadedModel
 from hvs_api.runtime import FALLBACK_REASONS, RUNTIMES
@@ -87,30 +87,6 @@ class _FoldAwareGunicornMetrics(GunicornInternalPrometheusMetrics):
 def multiprocess_mode() -> bool:
     """True when metrics are shared through files across gunicorn workers."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
-def observe_all(histogram: Histogram, values: list[float]) -> None:
-    """``histogram.observe(v)`` for every value, in one write per bucket that gets any and one for
-    the sum rather than two writes per value: under gunicorn each write is a locked write to a
-    memory-mapped file, and a batch of a hundred records made two hundred of them.
-
-    prometheus_client has no call for many observations, so this adds to the histogram's own
-    per-bucket values (``_upper_bounds``, ``_buckets``, ``_sum``: each bucket counts the values
-    above the bound before it, as ``observe`` counts them). A test holds the result to that of
-    ``observe`` one value at a time, so a change of those internals fails it.
-    """
-    if len(values) == 1:
-        histogram.observe(values[0])
-        return
-    bounds = histogram._upper_bounds
-    counts = [0] * len(bounds)
-    for value in values:
-        if value == value:  # NaN falls in no bucket, as observe() leaves it
-            counts[bisect_left(bounds, value)] += 1  # the first bound at or above it
-    histogram._sum.inc(sum(values))
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
-        if count:
-            bucket.inc(count)
 
 
 def _identify(info: Gauge, model: LoadedModel | None, previous: LoadedModel | None) -> None:
@@ -355,8 +331,8 @@ class ApiMetrics:
             self._hazardous.inc(hazardous)
         if records - hazardous:
             self._normal.inc(records - hazardous)
-        self.batch_records.observe(records)
-        self.inference_duration.observe(seconds)
+        observe_one(self.batch_records, records)
+        observe_one(self.inference_duration, seconds)
         observe_all(self.hazard_probability, hazard_probabilities)
         if inputs is None or matrix is None:
             return

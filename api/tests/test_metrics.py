@@ -1,4 +1,4 @@
-"""Metric helpers of hvs_api.metrics held to what prometheus_client itself does."""
+"""The histogram helpers of hvs_api.histograms held to what prometheus_client itself does."""
 
 import math
 
@@ -6,13 +6,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from hvs_api.metrics import PROBABILITY_BUCKETS, observe_all
+from hvs_api.histograms import observe_all, observe_one
+from hvs_api.metrics import PROBABILITY_BUCKETS
 
 
-def _histogram_samples(values: list[float], all_at_once: bool) -> dict:
+def _histogram_samples(values: list[float], all_at_once: bool | str) -> dict:
     registry = CollectorRegistry()
     histogram = Histogram("probability", "values", buckets=PROBABILITY_BUCKETS, registry=registry)
-    if all_at_once:
+    if all_at_once == "one by one":
+        for value in values:
+            observe_one(histogram, value)
+    elif all_at_once:
         observe_all(histogram, values)
     else:
         for value in values:
@@ -38,8 +42,16 @@ values = st.lists(
 
 @given(values)
 def test_observing_all_values_at_once_gives_what_observing_them_one_by_one_gives(batch):
-    at_once, one_by_one = _histogram_samples(batch, True), _histogram_samples(batch, False)
-    assert at_once.keys() == one_by_one.keys()
-    for key, expected in one_by_one.items():
-        got = at_once[key]
+    _assert_same(_histogram_samples(batch, True), _histogram_samples(batch, False))
+
+
+def _assert_same(ours: dict, observed: dict) -> None:
+    assert ours.keys() == observed.keys()
+    for key, expected in observed.items():
+        got = ours[key]
         assert (math.isnan(got) and math.isnan(expected)) or math.isclose(got, expected, abs_tol=1e-9), key
+
+
+@given(values)
+def test_observing_each_value_through_observe_one_gives_what_observe_gives(batch):
+    _assert_same(_histogram_samples(batch, "one by one"), _histogram_samples(batch, all_at_once=False))
