@@ -310,3 +310,25 @@ def test_a_synthetic_request_that_raises_is_counted_as_a_500(champion, make_app)
     assert client.post("/predict", data=body, headers=headers).status_code == 500
     assert sample(client, "hvs_api_synthetic_requests_total", status="500") == 1
     assert sample(client, "flask_http_request_total", endpoint="/predict", method="POST", status="500") is None
+
+
+def test_the_app_asks_once_whether_a_function_is_a_coroutine_and_still_refuses_async_views(app, monkeypatch):
+    import flask.app
+
+    asked = []
+    real = flask.app.iscoroutinefunction
+    monkeypatch.setattr(flask.app, "iscoroutinefunction", lambda func: asked.append(func) or real(func))
+
+    def plain():
+        return "plain"
+
+    async def coroutine():
+        return "never"
+
+    assert app.ensure_sync(plain) is plain and app.ensure_sync(plain) is plain
+    assert asked == [plain]
+    # Flask's own answer for a coroutine function, every time (here: it needs Flask's async extra).
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="async"):
+            app.ensure_sync(coroutine)
+    assert asked == [plain, coroutine, coroutine]
