@@ -59,30 +59,31 @@ def _body(environ: dict) -> bytes:
     def incomplete():
         return validation.refuse(400, "body_incomplete", "the body ended before it was complete")
 
+    def read(size: int) -> bytes:
+        """At most ``size`` bytes of the server's own stream. OSError covers the client closing or
+        going quiet (CLIENT_IDLE_SECONDS, hvs_api.gunicorn_worker) and a broken chunk framing."""
+        try:
+            return environ["wsgi.input"].read(size)
+        except (OSError, ValueError) as exc:
+            raise incomplete() from exc
+
     length = environ.get("CONTENT_LENGTH", "")
     if length.isdigit() and length.isascii() and environ.get("HTTP_TRANSFER_ENCODING") != "chunked":
-        # The usual request, read in one call of the server's own stream: Werkzeug's wrappers
-        # around it (a limit, then reads until the end) cost about as much as parsing a record.
-        # The length is the client's word; a body that ends before it is incomplete.
+        # The usual request, read in one call: Werkzeug's wrappers around the stream (a limit,
+        # then reads until the end) cost about as much as parsing a record. The length is the
+        # client's word; a body that ends before it is incomplete.
         size = int(length)
         if size > limit:
             raise too_large()
-        try:
-            raw = environ["wsgi.input"].read(size)
-        except (OSError, ValueError) as exc:
-            raise incomplete() from exc
+        raw = read(size)
         if len(raw) < size:
             raise incomplete()
         return raw
     if request.content_length is None:
         # A chunked body has no length to check up front, and werkzeug's limit would cut it
         # at the limit without a word (a 400 for broken JSON): read one byte past the limit
-        # to know. OSError covers the client closing or going quiet (CLIENT_IDLE_SECONDS,
-        # hvs_api.gunicorn_worker) and a broken chunk framing.
-        try:
-            raw = request.environ["wsgi.input"].read(limit + 1)
-        except (OSError, ValueError) as exc:
-            raise incomplete() from exc
+        # to know.
+        raw = read(limit + 1)
         if len(raw) > limit:
             raise too_large()
         return raw
