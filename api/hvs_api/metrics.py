@@ -268,16 +268,20 @@ class ApiMetrics:
 
         # Every bounded label value exists from the start, so rates and alerts see a 0
         # rather than no series before the first event.
-        # The two outcome series are looked up once here, not on every request.
-        self._normal = self.prediction_outcomes.labels(predicted_label_text=LABELS[0])
-        self._hazardous = self.prediction_outcomes.labels(predicted_label_text=LABELS[1])
+        # The series every accepted prediction adds to are looked up once here, not on every
+        # request, and kept as their values: Counter.inc only checks that the amount is not
+        # negative (these are counts of records) around the value's inc, a third of its cost.
+        self._normal = self.prediction_outcomes.labels(predicted_label_text=LABELS[0])._value
+        self._hazardous = self.prediction_outcomes.labels(predicted_label_text=LABELS[1])._value
         for reason in INVALID_REASONS:
             self.invalid_requests.labels(reason=reason)
         for reason in FEEDBACK_REASONS:
             self.invalid_feedback.labels(reason=reason)
         # [feature][bin], in FEATURE_NAMES and bin order, as Baseline.count returns them.
-        self._bins = [[self.feature_bin_records.labels(feature=f, bin=b) for b in BIN_LABELS] for f in FEATURE_NAMES]
-        self._outside = [self.feature_out_of_training_range.labels(feature=f) for f in FEATURE_NAMES]
+        self._bins = [
+            [self.feature_bin_records.labels(feature=f, bin=b)._value for b in BIN_LABELS] for f in FEATURE_NAMES
+        ]
+        self._outside = [self.feature_out_of_training_range.labels(feature=f)._value for f in FEATURE_NAMES]
         self._fields = {
             (f, r): self.invalid_fields.labels(field=f, reason=r)
             for f in (*FEATURE_NAMES, UNKNOWN_FIELD)

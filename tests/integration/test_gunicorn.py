@@ -71,6 +71,9 @@ def test_counts_are_exact_across_workers_and_a_killed_worker(trained_mlruns, sta
 
 def test_metrics_carry_the_users_label_shapes_and_pass_promtool(trained_mlruns, start_api):
     server = start_api(trained_mlruns, workers=2)
+    # /ready is one worker's word: the other may still be asking the registry for its model, its
+    # live gauges at 0 until it has one (hvs_model_loaded reads the lowest).
+    wait_for(lambda: metric_value(server.metrics(), "hvs_model_loaded") == 1, 30, "both workers' models published")
     predict_many(server, 2, 2)
     # A label too, so that the feedback ledger's series are linted with the rest.
     _, body = http("POST", server.url + "/predict", NORMAL)
