@@ -20,7 +20,7 @@ from hvs_api.feedback import Feedback
 from hvs_api.metrics import ApiMetrics
 from hvs_api.model_watcher import ModelWatcher
 from hvs_api.process_start import load_challenger, load_model_state, start_in_this_process
-from hvs_api.responses import CompactJSONProvider, internal_error, json_error, security_headers
+from hvs_api.responses import CompactJSONProvider, SecurityHeaders, internal_error, json_error
 
 # gunicorn.conf.py's post_worker_init calls start_in_this_process from here.
 __all__ = ["create_app", "start_in_this_process"]
@@ -105,7 +105,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_error_handler(HTTPException, json_error)
     app.register_error_handler(Exception, internal_error)
     app.before_request(start_in_this_process)
-    app.after_request(security_headers)
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)
 
     metrics = ApiMetrics(app, app.config["APP_VERSION"], enabled=app.config["METRICS_ENABLED"])
     challenger_uri = app.config["CHALLENGER_URI"]
