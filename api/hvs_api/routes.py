@@ -26,8 +26,13 @@ FAULT_HEADER = "X-Inject-Fault"
 SYNTHETIC_HEADER = "X-HVS-Synthetic"
 
 
+# The header as the WSGI server hands it over: looked up in the environ, a dict, rather than
+# through werkzeug's header view, which builds this key from the name on every call.
+_SYNTHETIC_KEY = "HTTP_" + SYNTHETIC_HEADER.upper().replace("-", "_")
+
+
 def _synthetic() -> bool:
-    return bool(request.headers.get(SYNTHETIC_HEADER, "").strip())
+    return bool(request.environ.get(_SYNTHETIC_KEY, "").strip())
 
 
 def _refused(error: validation.RequestError, counted: bool = True):
