@@ -92,10 +92,8 @@ def worker_value_class():
             self._value = file.read_value(key)[0]
             self._file, self._position = file, file._positions[key]
 
-        def _write(self, timestamp: float) -> None:
-            position = self._position
-            self._file._m[position : position + 16] = _pack(self._value, timestamp)
-
+        # inc and set each write the map themselves, without a shared helper: a Python call
+        # more on every write is what this class exists to save.
         def inc(self, amount) -> None:
             with lock:
                 if opened_by[0] != _pid[0]:
@@ -109,7 +107,8 @@ def worker_value_class():
                 if opened_by[0] != _pid[0]:
                     follow_fork()
                 self._value = value
-                self._write(timestamp or 0.0)
+                position = self._position
+                self._file._m[position : position + 16] = _pack(value, timestamp or 0.0)
 
         def set_exemplar(self, exemplar) -> None:
             """Exemplars are not kept in multiprocess mode (nor by prometheus_client's value)."""
